@@ -1,0 +1,161 @@
+// Command memcorpus writes a guest-like memory image for snapshot store
+// benchmarks: either captured from a running python3 workload (default) or
+// generated synthetically from a seed.
+//
+//	memcorpus [-size 128M] [-heap 32M] [-gap 4] [-timeout 2m] OUT
+//	memcorpus -synthetic [-seed N] [-size 128M] OUT
+//
+// Sizes accept plain bytes or a binary suffix: K, KB, KiB, M, MB, MiB, G,
+// GB, GiB, T, TB, TiB (all powers of 1024). The image size must be a
+// multiple of 4096. A one-line summary of the image goes to stderr.
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/snapfaas/snapfaas/bench/corpus"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "memcorpus: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// sizeFlag is a flag.Value holding a byte count parsed by parseSize.
+type sizeFlag int64
+
+func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
+
+func (s *sizeFlag) Set(v string) error {
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	*s = sizeFlag(n)
+	return nil
+}
+
+const usage = "memcorpus [-size 128M] [-heap 32M] [-gap 4] [-timeout 2m] [-synthetic -seed N] OUT"
+
+func run(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("memcorpus", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported once, by main
+	size := sizeFlag(128 << 20)
+	heap := sizeFlag(corpus.DefaultHeapSize)
+	fs.Var(&size, "size", "image size (e.g. 128M, 64MiB, 1G or bytes); multiple of 4096")
+	fs.Var(&heap, "heap", "approximate python live heap to build before capture")
+	gap := fs.Int("gap", corpus.DefaultGapPages, "zero pages between captured regions")
+	timeout := fs.Duration("timeout", 2*time.Minute, "give up on the python capture after this long")
+	synthetic := fs.Bool("synthetic", false, "generate a deterministic synthetic image instead of capturing python3")
+	seed := fs.Int64("seed", 1, "seed for -synthetic")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "usage: %s\n", usage)
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return nil
+		}
+		return fmt.Errorf("%w (usage: %s)", err, usage)
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("expected exactly one OUT argument, got %d (usage: %s)", fs.NArg(), usage)
+	}
+	out := fs.Arg(0)
+	if size <= 0 || size%corpus.PageSize != 0 {
+		return fmt.Errorf("-size %d: must be a positive multiple of %d", size, corpus.PageSize)
+	}
+	if *synthetic && int64(size) > math.MaxInt {
+		return fmt.Errorf("-size %d: too large for -synthetic", size)
+	}
+
+	f, err := os.Create(out)
+	if err != nil {
+		return fmt.Errorf("create output: %w", err)
+	}
+	st, err := write(f, int64(size), int64(heap), *gap, *timeout, *synthetic, *seed)
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close %s: %w", out, cerr)
+	}
+	if err != nil {
+		os.Remove(out)
+		if errors.Is(err, corpus.ErrNoPython) {
+			return fmt.Errorf("python3 not found in PATH (use -synthetic for a python-free image)")
+		}
+		return err
+	}
+	mode := "python"
+	if *synthetic {
+		mode = fmt.Sprintf("synthetic seed=%d", *seed)
+	}
+	fmt.Fprintf(stderr, "memcorpus: %s: %s %s\n", out, mode, st)
+	return nil
+}
+
+func write(f *os.File, size, heap int64, gap int, timeout time.Duration, synthetic bool, seed int64) (corpus.Stats, error) {
+	if synthetic {
+		img := corpus.Generate(seed, size)
+		if _, err := f.Write(img); err != nil {
+			return corpus.Stats{}, fmt.Errorf("write %s: %w", f.Name(), err)
+		}
+		st := corpus.Stats{TotalPages: size / corpus.PageSize}
+		var zero [corpus.PageSize]byte
+		for off := 0; off < len(img); off += corpus.PageSize {
+			if bytes.Equal(img[off:off+corpus.PageSize], zero[:]) {
+				st.ZeroPages++
+			}
+		}
+		st.DataBytes = (st.TotalPages - st.ZeroPages) * corpus.PageSize
+		return st, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return corpus.CapturePython(ctx, f, size, corpus.WithHeapSize(heap), corpus.WithGapPages(gap))
+}
+
+// parseSize parses a byte count: plain digits or digits with a binary
+// suffix (K, KB, KiB, M, MB, MiB, G, GB, GiB, T, TB, TiB; case-insensitive).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return 0, fmt.Errorf("invalid size %q: want bytes or a number with K/M/G/T suffix", s)
+	}
+	n, err := strconv.ParseInt(t[:i], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("invalid size %q: %w", s, err)
+	}
+	var shift uint
+	switch strings.ToLower(strings.TrimSpace(t[i:])) {
+	case "", "b":
+		shift = 0
+	case "k", "kb", "kib":
+		shift = 10
+	case "m", "mb", "mib":
+		shift = 20
+	case "g", "gb", "gib":
+		shift = 30
+	case "t", "tb", "tib":
+		shift = 40
+	default:
+		return 0, fmt.Errorf("invalid size %q: unknown suffix %q (want K, M, G or T)", s, t[i:])
+	}
+	if n > math.MaxInt64>>shift {
+		return 0, fmt.Errorf("invalid size %q: too large", s)
+	}
+	return n << shift, nil
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/snapfaas/snapfaas/catalog"
+	"github.com/snapfaas/snapfaas/internal/progress"
 )
 
 // GCOptions configure GC.
@@ -141,7 +142,7 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 		return nil, fmt.Errorf("gc: mark: %w", err)
 	}
 	res.StaleLeases = len(stale)
-	say("mark: %d live chunks, %d dead (%s), %d stale leases", res.LiveChunks, res.DeadChunks, human(res.DeadBytes), len(stale))
+	say("mark: %d live chunks, %d dead (%s), %d stale leases", res.LiveChunks, res.DeadChunks, progress.Bytes(res.DeadBytes), len(stale))
 
 	// Decide per pack.
 	var del, rewrite, trunc []*packPlan
@@ -218,7 +219,7 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 		if err := os.Remove(s.packPath(p.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return res, fmt.Errorf("gc: %w", err)
 		}
-		say("deleted pack %d (%s)", p.id, human(p.fileSize))
+		say("deleted pack %d (%s)", p.id, progress.Bytes(p.fileSize))
 	}
 	for _, name := range res.OrphanFiles {
 		if err := os.Remove(filepath.Join(s.dir, chunksSubdir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -230,7 +231,7 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 		if err := os.Truncate(s.packPath(p.id), p.committed); err != nil {
 			return res, fmt.Errorf("gc: pack %d: %w", p.id, err)
 		}
-		say("truncated pack %d by %s of crash debris", p.id, human(p.fileSize-p.committed))
+		say("truncated pack %d by %s of crash debris", p.id, progress.Bytes(p.fileSize-p.committed))
 	}
 	for _, p := range rewrite {
 		if err := ctx.Err(); err != nil {
@@ -239,7 +240,7 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 		if err := s.rewritePack(p); err != nil {
 			return res, fmt.Errorf("gc: rewrite pack %d: %w", p.id, err)
 		}
-		say("rewrote pack %d: kept %s of %s", p.id, human(p.liveBytes), human(p.fileSize))
+		say("rewrote pack %d: kept %s of %s", p.id, progress.Bytes(p.liveBytes), progress.Bytes(p.fileSize))
 	}
 	if len(del)+len(res.OrphanFiles) > 0 {
 		_ = syncDir(filepath.Join(s.dir, chunksSubdir))
@@ -301,16 +302,4 @@ func (s *Store) rewritePack(p *packPlan) error {
 		return err
 	}
 	return nil
-}
-
-func human(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

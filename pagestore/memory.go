@@ -87,7 +87,10 @@ func (s *Store) ImportMemory(ctx context.Context, name string, r io.ReaderAt, si
 			o.Progress(done)
 		}
 		switch {
-		case j.count == 0: // progress only
+		case j.count == 0: // pages that need no record
+			if parent != nil {
+				w.stats.UnchangedBytes += int64(j.size)
+			}
 			return nil
 		case j.zero:
 			w.stats.ZeroBytes += int64(j.count) * pageSize

@@ -38,6 +38,8 @@ type WriteStats struct {
 	NewRaw      int64 // uncompressed bytes of the new chunks
 	DedupChunks int   // references to chunks that were already stored
 	ZeroBytes   int64 // bytes recorded as zero, not stored
+	// UnchangedBytes are a diff snapshot's bytes equal to its parent's.
+	UnchangedBytes int64
 }
 
 // chunkWriter stores the new chunks of one write operation. It holds

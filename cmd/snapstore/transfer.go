@@ -277,8 +277,12 @@ func printImport(c *cli.Context, what string, r *pagestore.ImportResult) {
 	if st.NewBytes > 0 {
 		ratio = float64(st.NewRaw) / float64(st.NewBytes)
 	}
-	fmt.Printf("imported %s %q: %s (%s zero); %d chunks, %d new (%s stored, %.1fx compressed), %d deduplicated; %s (%s/s)\n",
-		what, r.Name, progress.Bytes(r.Size), progress.Bytes(st.ZeroBytes), st.Chunks, st.NewChunks,
+	detail := progress.Bytes(st.ZeroBytes) + " zero"
+	if st.UnchangedBytes > 0 {
+		detail = fmt.Sprintf("%s unchanged from parent, %s", progress.Bytes(st.UnchangedBytes), detail)
+	}
+	fmt.Printf("imported %s %q: %s (%s); %d chunks, %d new (%s stored, %.1fx compressed), %d deduplicated; %s (%s/s)\n",
+		what, r.Name, progress.Bytes(r.Size), detail, st.Chunks, st.NewChunks,
 		progress.Bytes(st.NewBytes), ratio, st.DedupChunks, r.Duration.Round(time.Millisecond),
 		progress.Bytes(int64(float64(st.InputBytes)/max(r.Duration.Seconds(), 1e-9))))
 }

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/snapfaas/snapfaas/bench/corpus"
+	"github.com/snapfaas/snapfaas/pagestore"
+)
+
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "snapstore-test")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "snapstore")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		os.Stderr.Write(out)
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func run(t *testing.T, store string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"--store", store}, args...)...)
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	r := result{stdout: so.String(), stderr: se.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(r.stderr, "goroutine ") || strings.Contains(r.stderr, "panic:") {
+		t.Fatalf("snapstore %v crashed:\n%s", args, r.stderr)
+	}
+	return r
+}
+
+func ok(t *testing.T, store string, args ...string) string {
+	t.Helper()
+	r := run(t, store, args...)
+	if r.code != 0 {
+		t.Fatalf("snapstore %v: exit %d\n%s", args, r.code, r.stderr)
+	}
+	return r.stdout
+}
+
+// fails runs a command that must fail with one clear line containing want.
+func fails(t *testing.T, store, want string, args ...string) {
+	t.Helper()
+	r := run(t, store, args...)
+	if r.code == 0 {
+		t.Fatalf("snapstore %v succeeded, want failure %q", args, want)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, "snapstore: ") || !strings.Contains(last, want) {
+		t.Fatalf("snapstore %v: stderr %q, want one line containing %q", args, r.stderr, want)
+	}
+}
+
+func writeTemp(t *testing.T, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestRoundTripsAndListing(t *testing.T) {
+	store := filepath.Join(t.TempDir(), "store")
+	mem := corpus.Generate(1, 2<<20)
+	img := append(corpus.Generate(2, 1<<20), 'x')
+	memFile, imgFile := writeTemp(t, "mem.raw", mem), writeTemp(t, "rootfs.ext4", img)
+
+	ok(t, store, "memory", "import", "base", memFile)
+	mod := bytes.Clone(mem)
+	copy(mod[8192:], "changed page")
+	ok(t, store, "memory", "import", "--parent", "base", "fn", writeTemp(t, "mod.raw", mod))
+	ok(t, store, "image", "import", "--chunk-size", "16K", "rootfs", imgFile)
+
+	out := filepath.Join(t.TempDir(), "out")
+	for _, tc := range []struct {
+		kind, name string
+		want       []byte
+	}{{"memory", "base", mem}, {"memory", "fn", mod}, {"image", "rootfs", img}} {
+		p := out + tc.name
+		ok(t, store, tc.kind, "export", tc.name, p)
+		got, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, tc.want) {
+			t.Fatalf("%s %s: export differs", tc.kind, tc.name)
+		}
+	}
+
+	var list []pagestore.ObjectInfo
+	if err := json.Unmarshal([]byte(ok(t, store, "ls", "--json")), &list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 3 {
+		t.Fatalf("ls: %d objects", len(list))
+	}
+	var info pagestore.ObjectInfo
+	if err := json.Unmarshal([]byte(ok(t, store, "inspect", "--json", "fn")), &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.Kind != "diff" || info.Parent != "base" || info.LayerPages != 1 || info.LogicalBytes != int64(len(mem)) {
+		t.Fatalf("inspect fn: %+v", info)
+	}
+	if text := ok(t, store, "inspect", "base"); !strings.Contains(text, "compression ratio") {
+		t.Fatalf("inspect text: %s", text)
+	}
+	if text := ok(t, store, "verify"); !strings.Contains(text, "OK") {
+		t.Fatalf("verify: %s", text)
+	}
+	ok(t, store, "rm", "rootfs")
+	if text := ok(t, store, "gc"); !strings.Contains(text, "removed") {
+		t.Fatalf("gc: %s", text)
+	}
+	ok(t, store, "verify")
+}
+
+func TestClearErrors(t *testing.T) {
+	store := filepath.Join(t.TempDir(), "store")
+	memFile := writeTemp(t, "mem.raw", corpus.Generate(3, 1<<20))
+	fails(t, store, "no store here", "ls")
+	fails(t, store, "no such file", "memory", "import", "m", "/nonexistent/mem.raw")
+	fails(t, store, "not a positive multiple of 4 KiB", "memory", "import", "m", writeTemp(t, "odd", make([]byte, 5000)))
+	ok(t, store, "memory", "import", "m", memFile)
+	fails(t, store, "already exists", "memory", "import", "m", memFile)
+	fails(t, store, "already exists", "image", "import", "m", memFile)
+	fails(t, store, "no such image or snapshot", "inspect", "nope")
+	fails(t, store, "no such image or snapshot", "rm", "nope")
+	fails(t, store, "no such image or snapshot", "memory", "import", "--parent", "nope", "d", memFile)
+	fails(t, store, "invalid name", "image", "import", "a/b", memFile)
+	fails(t, store, "exists (use --force", "memory", "export", "m", memFile)
+	if r := run(t, store, "image", "import", "onlyname"); r.code != 2 || !strings.Contains(r.stderr, "needs NAME FILE") {
+		t.Fatalf("usage error: exit %d, %q", r.code, r.stderr)
+	}
+
+	// A store held by another process.
+	s, err := pagestore.Open(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fails(t, store, "is locked by pid", "ls")
+	fails(t, store, "is locked by pid", "memory", "import", "m2", memFile)
+	s.Close()
+
+	// A corrupt catalog.
+	bad := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bad, "catalog.db"), bytes.Repeat([]byte("garbage!"), 1024), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fails(t, bad, "corrupt", "ls")
+}
+
+func TestVerifyReportsCorruptChunk(t *testing.T) {
+	store := filepath.Join(t.TempDir(), "store")
+	ok(t, store, "memory", "import", "m", writeTemp(t, "mem.raw", corpus.Generate(4, 1<<20)))
+	packs, _ := filepath.Glob(filepath.Join(store, "chunks", "pack-*"))
+	raw, err := os.ReadFile(packs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[len(raw)/3] ^= 1
+	if err := os.WriteFile(packs[0], raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, store, "verify")
+	if r.code != 1 || !strings.Contains(r.stdout, "CORRUPT chunk") || !strings.Contains(r.stderr, "store is corrupt") {
+		t.Fatalf("verify on a flipped byte: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	fails(t, store, "checksum mismatch", "memory", "export", "m", filepath.Join(t.TempDir(), "out"))
+}

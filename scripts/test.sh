@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, vet, and the full test suite.
+# Tests that need a device this machine lacks (/dev/kvm, /dev/fuse,
+# userfaultfd, python3) skip and say why; run with -v to see the reasons.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Install what the tests need from Debian, if missing (CI machines are fresh).
+need=()
+command -v gcc >/dev/null || need+=(gcc)
+command -v python3 >/dev/null || need+=(python3)
+if ((${#need[@]})); then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		echo "test.sh: installing ${need[*]}"
+		apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get -qq install -y "${need[@]}" >/dev/null
+	else
+		echo "test.sh: missing ${need[*]}; the tests that need them will skip" >&2
+	fi
+fi
+
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "test.sh: gofmt needed on:" $unformatted >&2
+	exit 1
+fi
+go vet ./...
+go test -count=1 -timeout 20m "$@" ./...

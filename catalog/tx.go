@@ -632,7 +632,7 @@ func (t *Tx) LeaseObject(id string, ref ObjectRef) error {
 	if err != nil {
 		return err
 	}
-	return b.Bucket(keyObjects).Put([]byte(ref), nil)
+	return b.Bucket(keyObjects).Put([]byte(ref), []byte{1})
 }
 
 // LeaseChunks adds chunks to a lease.
@@ -643,7 +643,7 @@ func (t *Tx) LeaseChunks(id string, hs []Hash) error {
 	}
 	cb := b.Bucket(keyChunks)
 	for _, h := range hs {
-		if err := cb.Put(h[:], nil); err != nil {
+		if err := cb.Put(h[:], []byte{1}); err != nil {
 			return err
 		}
 	}

@@ -330,6 +330,47 @@ func (m *Memory) Page(p int64) ([]byte, error) {
 	return data[int(r.off)*pageSize : int(r.off+1)*pageSize], nil
 }
 
+// Run returns the run of guest pages around page p that are backed by
+// consecutive pages of p's chunk, with their bytes: one UFFDIO_COPY can
+// install them all (fault-around). For a zero page it returns (p, nil).
+// decoded is the number of bytes this call had to decompress (0 when the
+// chunk was cached). The data is shared with the cache: do not modify it.
+func (m *Memory) Run(p int64) (first int64, data []byte, decoded int, err error) {
+	if p < 0 || p >= int64(len(m.pages)) {
+		return 0, nil, 0, fmt.Errorf("snapshot %q: page %d out of range (%d pages)", m.Info.Name, p, len(m.pages))
+	}
+	r := m.pages[p]
+	if r.chunk == noChunk {
+		return p, nil, 0, nil
+	}
+	first, last := p, p
+	for first > 0 {
+		q := m.pages[first-1]
+		if q.chunk != r.chunk || q.off+1 != m.pages[first].off {
+			break
+		}
+		first--
+	}
+	for last+1 < int64(len(m.pages)) {
+		q := m.pages[last+1]
+		if q.chunk != r.chunk || q.off != m.pages[last].off+1 {
+			break
+		}
+		last++
+	}
+	c := m.chunks[r.chunk]
+	chunk, miss, err := m.s.chunk(c.h, c.loc)
+	if err != nil {
+		return 0, nil, 0, fmt.Errorf("snapshot %q: page %d: %w", m.Info.Name, p, err)
+	}
+	if miss {
+		decoded = len(chunk)
+	}
+	lo := int(m.pages[first].off) * pageSize
+	hi := int(m.pages[last].off+1) * pageSize
+	return first, chunk[lo:hi], decoded, nil
+}
+
 // ReadAt reads guest memory at guest physical address off.
 func (m *Memory) ReadAt(b []byte, off int64) (int, error) {
 	n := 0

@@ -251,14 +251,21 @@ func (s *Store) decodeChunk(h catalog.Hash, loc catalog.Loc, verifyHash bool) ([
 // when it can. The slice is shared: do not modify it. Concurrent misses on
 // one chunk decode it once.
 func (s *Store) Chunk(h catalog.Hash, loc catalog.Loc) ([]byte, error) {
+	data, _, err := s.chunk(h, loc)
+	return data, err
+}
+
+// chunk is Chunk that also reports whether this call decoded the chunk
+// (a cache miss) rather than finding it cached or decoded by another.
+func (s *Store) chunk(h catalog.Hash, loc catalog.Loc) ([]byte, bool, error) {
 	if data, ok := s.cache.get(h); ok {
-		return data, nil
+		return data, false, nil
 	}
 	s.inflightMu.Lock()
 	if in := s.inflight[h]; in != nil {
 		s.inflightMu.Unlock()
 		<-in.done
-		return in.data, in.err
+		return in.data, false, in.err
 	}
 	in := &inflight{done: make(chan struct{})}
 	s.inflight[h] = in
@@ -278,7 +285,7 @@ func (s *Store) Chunk(h catalog.Hash, loc catalog.Loc) ([]byte, error) {
 	delete(s.inflight, h)
 	s.inflightMu.Unlock()
 	close(in.done)
-	return in.data, in.err
+	return in.data, in.err == nil, in.err
 }
 
 // ChunkByHash looks chunk h up in the catalog and returns its bytes.

@@ -211,6 +211,25 @@ func TestMemoryRoundTripGranularities(t *testing.T) {
 			if m.ZeroPages() != wantZero {
 				t.Fatalf("zero pages %d, want %d", m.ZeroPages(), wantZero)
 			}
+			// Fault-around runs hold exactly the memory they cover.
+			for p := int64(0); p < m.Pages(); p += 3 {
+				first, data, _, err := m.Run(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if data == nil {
+					if !m.IsZero(p) || first != p {
+						t.Fatalf("run of page %d: nil data for a data page", p)
+					}
+					continue
+				}
+				if first > p || first+int64(len(data)/pageSize) <= p || len(data) > gran {
+					t.Fatalf("run of page %d: [%d, +%d) does not cover it or exceeds the granularity", p, first, len(data)/pageSize)
+				}
+				if !bytes.Equal(data, mem[first*pageSize:first*pageSize+int64(len(data))]) {
+					t.Fatalf("run of page %d differs from memory", p)
+				}
+			}
 			mustVerify(t, s)
 		}
 	}

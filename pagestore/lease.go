@@ -54,3 +54,17 @@ func (s *Store) ReleaseLease(id string) error {
 	}
 	return s.cat.Update(func(tx *catalog.Tx) error { return tx.DeleteLease(id) })
 }
+
+// SetWorkingSet stores pages (snapshot page indices in first-touch order)
+// as snapshot name's working set, replacing the one it had.
+func (s *Store) SetWorkingSet(name string, pages []uint32) error {
+	if s.readOnly {
+		return ErrReadOnly
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if err := s.cat.Update(func(tx *catalog.Tx) error { return tx.SetWorkingSet(name, pages) }); err != nil {
+		return fmt.Errorf("working set of %q: %w", name, err)
+	}
+	return nil
+}

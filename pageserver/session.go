@@ -1,0 +1,396 @@
+package pageserver
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/snapfaas/snapfaas/pagestore"
+	"github.com/snapfaas/snapfaas/uffd"
+)
+
+const pageSize = 4096
+
+// page states
+const (
+	stMissing   uint8 = iota // not installed: the next access faults
+	stInstalled              // installed by us (or found present)
+	stRemoved                // dropped by the target (REMOVE): serve zeros
+	stUnmapped               // unmapped by the target: never serve again
+)
+
+// region is a Region resolved to host addresses and snapshot pages.
+type region struct {
+	base, size uintptr // host range in the target
+	first      int64   // first snapshot page
+}
+
+// session serves one client's faults.
+type session struct {
+	id       string
+	snapshot string
+	u        *uffd.FD
+	mem      *pagestore.Memory
+	regions  []region // sorted by base
+	opts     Handoff
+	started  time.Time
+	c        counters
+
+	mu       sync.Mutex
+	state    []uint8 // per snapshot page
+	inWS     []bool
+	recorded []uint32
+	seen     []bool // recorded pages
+}
+
+func newSession(id string, h Handoff, u *uffd.FD, mem *pagestore.Memory) (*session, error) {
+	s := &session{id: id, snapshot: h.Snapshot, u: u, mem: mem, opts: h, started: time.Now(),
+		state: make([]uint8, mem.Pages())}
+	pages := mem.Pages()
+	for i, r := range h.Regions {
+		if r.Offset+r.Size > uint64(pages)*pageSize {
+			return nil, fmt.Errorf("region %d: offset %d + size %d exceeds snapshot %q (%d bytes): %w", i, r.Offset, r.Size, h.Snapshot, pages*pageSize, ErrProtocol)
+		}
+		s.regions = append(s.regions, region{base: uintptr(r.BaseHostVirtAddr), size: uintptr(r.Size), first: int64(r.Offset / pageSize)})
+	}
+	sort.Slice(s.regions, func(i, j int) bool { return s.regions[i].base < s.regions[j].base })
+	for i := 1; i < len(s.regions); i++ {
+		if p := s.regions[i-1]; p.base+p.size > s.regions[i].base {
+			return nil, fmt.Errorf("regions overlap at %#x: %w", s.regions[i].base, ErrProtocol)
+		}
+	}
+	if h.Prefetch {
+		s.inWS = make([]bool, pages)
+		for _, p := range mem.WorkingSet {
+			s.inWS[p] = true
+		}
+	}
+	if h.Record {
+		s.seen = make([]bool, pages)
+	}
+	return s, nil
+}
+
+// lookup maps a host address to its region and snapshot page.
+func (s *session) lookup(addr uintptr) (*region, int64, bool) {
+	i := sort.Search(len(s.regions), func(i int) bool { return s.regions[i].base+s.regions[i].size > addr })
+	if i == len(s.regions) || addr < s.regions[i].base {
+		return nil, 0, false
+	}
+	r := &s.regions[i]
+	return r, r.first + int64((addr-r.base)/pageSize), true
+}
+
+// hostAddrs returns the host addresses of snapshot page p (a page may be
+// mapped by more than one region, though VMMs map each once).
+func (s *session) hostAddr(p int64) (uintptr, *region, bool) {
+	for i := range s.regions {
+		r := &s.regions[i]
+		if p >= r.first && p < r.first+int64(r.size/pageSize) {
+			return r.base + uintptr(p-r.first)*pageSize, r, true
+		}
+	}
+	return 0, nil, false
+}
+
+// handle processes a batch of events from the uffd.
+func (s *session) handle(events []uffd.Event) error {
+	for _, e := range events {
+		switch e.Kind {
+		case uffd.EventPagefault:
+			if err := s.fault(e.Address); err != nil {
+				return err
+			}
+		default:
+			s.event(e)
+		}
+	}
+	return nil
+}
+
+// event applies a non-cooperative event to the page states.
+func (s *session) event(e uffd.Event) {
+	switch e.Kind {
+	case uffd.EventRemove, uffd.EventUnmap:
+		st := stRemoved
+		if e.Kind == uffd.EventUnmap {
+			st = stUnmapped
+		}
+		s.mu.Lock()
+		for a := e.Start &^ (pageSize - 1); a < e.End; a += pageSize {
+			if _, p, ok := s.lookup(a); ok {
+				if s.state[p] != st {
+					s.c.removed.Add(1)
+				}
+				s.state[p] = st
+			}
+		}
+		s.mu.Unlock()
+	case uffd.EventRemap:
+		s.mu.Lock()
+		for i := range s.regions {
+			r := &s.regions[i]
+			if r.base >= e.From && r.base+r.size <= e.From+e.Len {
+				r.base = r.base - e.From + e.To
+			}
+		}
+		sort.Slice(s.regions, func(i, j int) bool { return s.regions[i].base < s.regions[j].base })
+		s.mu.Unlock()
+	case uffd.EventFork:
+		// We do not follow forks: the child's memory is its own business.
+		if e.ForkFD > 0 {
+			if u, err := uffd.FromFD(e.ForkFD); err == nil {
+				u.Close()
+			}
+		}
+	}
+}
+
+// drain reads and applies pending events after ErrAgain, serving any
+// faults among them.
+func (s *session) drain() error {
+	var buf [64]uffd.Event
+	for {
+		n, err := s.u.ReadEvents(buf[:])
+		if err != nil || n == 0 {
+			return err
+		}
+		for _, e := range buf[:n] {
+			if e.Kind == uffd.EventPagefault {
+				// Served after the current install succeeds; the
+				// retry loop below re-reads nothing else first.
+				defer func(a uintptr) { _ = s.fault(a) }(e.Address)
+				continue
+			}
+			s.event(e)
+		}
+	}
+}
+
+// retry runs install until it stops failing with ErrAgain.
+func (s *session) retry(install func() (uffd.Result, error)) (uffd.Result, error) {
+	var total uffd.Result
+	for attempt := 0; ; attempt++ {
+		res, err := install()
+		total.Installed += res.Installed
+		total.Existed += res.Existed
+		if !errors.Is(err, uffd.ErrAgain) {
+			return total, err
+		}
+		if err := s.drain(); err != nil {
+			return total, err
+		}
+		time.Sleep(time.Duration(min(attempt+1, 50)) * 20 * time.Microsecond)
+	}
+}
+
+// fault serves a page fault at host address addr.
+func (s *session) fault(addr uintptr) error {
+	start := time.Now()
+	addr &^= pageSize - 1
+	s.mu.Lock()
+	r, p, ok := s.lookup(addr)
+	if !ok {
+		s.mu.Unlock()
+		// Not in any region we were told about: wake the thread with a
+		// zero page rather than leave it hanging forever.
+		_, err := s.retry(func() (uffd.Result, error) { return s.u.ZeroPage(addr, pageSize, 0) })
+		return ignoreGone(err)
+	}
+	st := s.state[p]
+	if s.seen != nil && !s.seen[p] {
+		s.seen[p] = true
+		s.recorded = append(s.recorded, uint32(p))
+	}
+	s.mu.Unlock()
+	if st == stUnmapped {
+		return nil
+	}
+	s.c.faults.Add(1)
+	if s.inWS != nil && s.inWS[p] {
+		s.c.wsFaults.Add(1)
+	}
+	var res uffd.Result
+	var err error
+	if st == stRemoved {
+		s.c.zeroFaults.Add(1)
+		res, err = s.retry(func() (uffd.Result, error) { return s.u.ZeroPage(addr, pageSize, 0) })
+	} else {
+		first, data, decoded, rerr := s.mem.Run(p)
+		if rerr != nil {
+			return fmt.Errorf("page %d: %w", p, rerr)
+		}
+		s.c.decompressed.Add(uint64(decoded))
+		switch {
+		case data == nil:
+			s.c.zeroFaults.Add(1)
+			res, err = s.retry(func() (uffd.Result, error) { return s.u.ZeroPage(addr, pageSize, 0) })
+		case s.opts.FaultAround:
+			// Clip the run to this region and to pages still missing
+			// around the faulting one.
+			lo, hi := max(first, r.first), min(first+int64(len(data)/pageSize), r.first+int64(r.size/pageSize))
+			s.mu.Lock()
+			for lo < p && s.state[lo] != stMissing {
+				lo++
+			}
+			for q := p + 1; q < hi; q++ {
+				if s.state[q] != stMissing {
+					hi = q
+					break
+				}
+			}
+			s.mu.Unlock()
+			src := data[(lo-first)*pageSize : (hi-first)*pageSize]
+			dst := r.base + uintptr(lo-r.first)*pageSize
+			res, err = s.retry(func() (uffd.Result, error) { return s.u.Copy(dst, src, 0) })
+			s.c.around.Add(uint64(hi - lo - 1))
+			s.markRange(lo, hi)
+		default:
+			off := (p - first) * pageSize
+			res, err = s.retry(func() (uffd.Result, error) { return s.u.Copy(addr, data[off:off+pageSize], 0) })
+		}
+	}
+	s.c.existed.Add(uint64(res.Existed / pageSize))
+	s.markRange(p, p+1)
+	s.c.latency.observe(time.Since(start))
+	return ignoreGone(err)
+}
+
+func (s *session) markRange(lo, hi int64) {
+	s.mu.Lock()
+	for q := lo; q < hi; q++ {
+		if s.state[q] == stMissing {
+			s.state[q] = stInstalled
+		}
+	}
+	s.mu.Unlock()
+}
+
+// ignoreGone turns "the target exited" into nil: the serving loop notices
+// the exit by itself.
+func ignoreGone(err error) error {
+	if errors.Is(err, uffd.ErrTargetGone) {
+		return nil
+	}
+	return err
+}
+
+// prefetchBatch is how many working-set pages one InstallBatch carries.
+const prefetchBatch = 64
+
+// prefetch installs the working set in recorded order, skipping pages that
+// faults installed first. It stops early when stop is closed.
+func (s *session) prefetch(stop <-chan struct{}) error {
+	start := time.Now()
+	ws := s.mem.WorkingSet
+	batch := make([]uffd.Page, 0, prefetchBatch)
+	pages := make([]int64, 0, prefetchBatch)
+	flush := func() error {
+		for len(batch) > 0 {
+			n, res, err := s.u.InstallBatch(batch)
+			s.c.existed.Add(uint64(res.Existed / pageSize))
+			s.c.prefetched.Add(uint64(n))
+			s.markPages(pages[:n])
+			batch, pages = batch[n:], pages[n:]
+			switch {
+			case errors.Is(err, uffd.ErrAgain):
+				if err := s.drain(); err != nil {
+					return err
+				}
+				time.Sleep(50 * time.Microsecond)
+			case err != nil:
+				return err
+			}
+		}
+		batch, pages = batch[:0], pages[:0]
+		return nil
+	}
+	for _, wp := range ws {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		p := int64(wp)
+		if p >= s.mem.Pages() {
+			continue
+		}
+		s.mu.Lock()
+		st := s.state[p]
+		s.mu.Unlock()
+		if st != stMissing {
+			continue
+		}
+		addr, _, ok := s.hostAddr(p)
+		if !ok {
+			continue
+		}
+		pg, err := s.mem.Page(p)
+		if err != nil {
+			return fmt.Errorf("prefetch page %d: %w", p, err)
+		}
+		batch = append(batch, uffd.Page{Addr: addr, Data: pg})
+		pages = append(pages, p)
+		if len(batch) == prefetchBatch {
+			if err := flush(); err != nil {
+				return ignoreGone(err)
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return ignoreGone(err)
+	}
+	s.c.prefetchDone.Store(int64(time.Since(start)))
+	return nil
+}
+
+func (s *session) markPages(ps []int64) {
+	s.mu.Lock()
+	for _, p := range ps {
+		if s.state[p] == stMissing {
+			s.state[p] = stInstalled
+		}
+	}
+	s.mu.Unlock()
+}
+
+// workingSet returns what to store as the new working set: the faults in
+// first-touch order, after the prefetched set when prefetch was on (a
+// prefetched page never faults, so its touch cannot be observed).
+func (s *session) workingSet() []uint32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.opts.Prefetch {
+		return append([]uint32(nil), s.recorded...)
+	}
+	out := append([]uint32(nil), s.mem.WorkingSet...)
+	in := make(map[uint32]bool, len(out))
+	for _, p := range out {
+		in[p] = true
+	}
+	for _, p := range s.recorded {
+		if !in[p] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (s *session) metrics() Metrics {
+	m := Metrics{
+		Client: s.id, Snapshot: s.snapshot, Started: s.started, Duration: time.Since(s.started),
+		Faults: s.c.faults.Load(), ZeroFaults: s.c.zeroFaults.Load(), AroundPages: s.c.around.Load(),
+		Prefetched: s.c.prefetched.Load(), WSFaults: s.c.wsFaults.Load(), Existed: s.c.existed.Load(),
+		Removed: s.c.removed.Load(), Decompressed: s.c.decompressed.Load(),
+		PrefetchDone: time.Duration(s.c.prefetchDone.Load()), Latency: s.c.latency.snapshot(),
+	}
+	if s.opts.Prefetch {
+		m.WorkingSet = len(s.mem.WorkingSet)
+	}
+	s.mu.Lock()
+	m.Recorded = len(s.recorded)
+	s.mu.Unlock()
+	return m
+}

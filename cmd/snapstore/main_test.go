@@ -7,7 +7,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/snapfaas/snapfaas/bench/corpus"
 	"github.com/snapfaas/snapfaas/pagestore"
@@ -192,4 +194,49 @@ func TestVerifyReportsCorruptChunk(t *testing.T) {
 		t.Fatalf("verify on a flipped byte: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
 	fails(t, store, "checksum mismatch", "memory", "export", "m", filepath.Join(t.TempDir(), "out"))
+}
+
+func TestServeStartsAndStops(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	ok(t, store, "memory", "import", "m", writeTemp(t, "mem.raw", corpus.Generate(6, 1<<20)))
+	fails(t, store, "no such image or snapshot", "serve", "--socket", filepath.Join(dir, "s.sock"), "--firecracker", filepath.Join(dir, "fc.sock")+"=nope")
+	fails(t, store, "want PATH=SNAPSHOT", "serve", "--firecracker", "nonsense")
+
+	sock := filepath.Join(dir, "s.sock")
+	cmd := exec.Command(bin, "--store", store, "serve", "--socket", sock, "--firecracker", filepath.Join(dir, "fc.sock")+"=m")
+	var se bytes.Buffer
+	cmd.Stderr = &se
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve never listened: %s", se.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The sidecar owns the store; a second one is refused with who holds it.
+	fails(t, store, "locked by pid", "serve", "--socket", filepath.Join(dir, "other.sock"))
+	fails(t, store, "locked by pid", "ls")
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve exited with %v: %s", err, se.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop on SIGTERM")
+	}
+	if _, err := os.Stat(sock); err == nil {
+		t.Fatal("socket left behind")
+	}
+	ok(t, store, "ls")
 }

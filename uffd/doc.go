@@ -79,8 +79,12 @@
 // preempted: if the handler goroutine then starts a collection, the process
 // deadlocks, the collector waiting for the faulting thread and the faulting
 // thread for the handler. ReadEvents, Copy, ZeroPage and Wake do not
-// allocate, but handlers in the same process should not either; serving from
-// another process (the normal case) has no such constraint.
+// allocate, but handlers in the same process should not either. The handler
+// also needs a P of its own (GOMAXPROCS >= 2): a goroutine blocked on a fault
+// in Go code keeps its P, and preempting it to free the P withdraws the
+// pending fault from the uffd before the handler can read it, so with one P
+// the two livelock. Serving from another process (the normal case) has none
+// of these constraints.
 //
 // # Kernel requirements
 //

@@ -291,8 +291,10 @@ func (u *FD) poll(timeout time.Duration, intr int) (bool, error) {
 	}
 }
 
-// Handler processes a batch of events read by Serve. Returning an error
-// stops Serve, which returns it.
+// Handler processes a batch of events read by Serve. The slice is reused
+// after the handler returns. Returning an error stops Serve, which returns
+// it. A handler may call ReadEvents itself, e.g. to drain pending events
+// after ErrAgain.
 type Handler func(events []Event) error
 
 // Serve reads events and passes them to h in batches until ctx is done
@@ -333,8 +335,11 @@ func (u *FD) Serve(ctx context.Context, h Handler) error {
 			if err := h(buf[:n]); err != nil {
 				return err
 			}
-			continue
+			if n == len(buf) {
+				continue // probably more queued: read again
+			}
 		}
+		// Drained (a short read): wait rather than spend a read on EAGAIN.
 		if _, err := u.poll(-1, intr); err != nil {
 			return err
 		}

@@ -84,6 +84,7 @@ func isZeroPage(p int) bool { return p%4 == 3 }
 // cleanup closes u (which wakes a blocked fault) and waits for the goroutine
 // before the region is unmapped, so a failing test cannot crash or hang.
 func faulter(tb testing.TB, u *FD, mem []byte) (done <-chan []byte, tid <-chan int) {
+	needTwoPs(tb)
 	d := make(chan []byte, 1)
 	t := make(chan int, 1)
 	finished := make(chan struct{})
@@ -110,6 +111,17 @@ func faulter(tb testing.TB, u *FD, mem []byte) (done <-chan []byte, tid <-chan i
 		}
 	})
 	return d, t
+}
+
+// needTwoPs raises GOMAXPROCS to 2 for the test: a goroutine blocked on a
+// fault in Go code holds its P, so with a single P the serving goroutine only
+// runs after the faulter is preempted, which withdraws the fault (see the
+// package doc).
+func needTwoPs(tb testing.TB) {
+	if prev := runtime.GOMAXPROCS(0); prev < 2 {
+		runtime.GOMAXPROCS(2)
+		tb.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+	}
 }
 
 func TestIoctlNumbers(t *testing.T) {
@@ -1012,6 +1024,7 @@ func BenchmarkFaultCopy(b *testing.B) {
 			return nil
 		})
 	}()
+	needTwoPs(b)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	var s byte

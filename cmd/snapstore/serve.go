@@ -13,6 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/snapfaas/snapfaas/fusefs"
 	"github.com/snapfaas/snapfaas/pageserver"
 	"github.com/snapfaas/snapfaas/pagestore"
 )
@@ -35,6 +36,7 @@ other snapstore commands find the store locked.`,
 			&cli.StringSliceFlag{Name: "firecracker", Usage: "serve snapshot NAME to Firecracker clients on socket PATH (`PATH=NAME`, repeatable)"},
 			&cli.StringFlag{Name: "cache-size", Value: "512M", Usage: "decompressed chunk cache `SIZE`"},
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json"},
+			&cli.StringFlag{Name: "mount", Usage: "also mount the store's read-only view on `DIR` (see snapstore mount)"},
 		},
 		Action: func(c *cli.Context) error {
 			if _, err := args(c); err != nil {
@@ -93,6 +95,18 @@ other snapstore commands find the store locked.`,
 				lns = append(lns, ln)
 			}
 
+			if dir := c.String("mount"); dir != "" {
+				m, err := fusefs.New(dir, s, fusefs.Options{Log: log})
+				if err != nil {
+					return err
+				}
+				log.Info("mounted", "dir", m.Dir)
+				defer func() {
+					if err := m.Unmount(); err != nil {
+						log.Error("unmount failed", "err", err)
+					}
+				}()
+			}
 			srv := pageserver.New(s, log)
 			var wg sync.WaitGroup
 			errs := make(chan error, len(binds))

@@ -169,6 +169,24 @@ func (s *Server) handle(ctx context.Context, conn *net.UnixConn, bound string) {
 	s.mu.Lock()
 	s.sessions[ss] = struct{}{}
 	s.mu.Unlock()
+	// Lease the snapshot so that it cannot be removed (and its chunks
+	// collected) while this VM may still fault on it. Off the critical
+	// path: the lease's commit fsyncs.
+	leased := make(chan string, 1)
+	go func() {
+		lid, err := s.store.Lease("vm "+id, 0, []catalog.ObjectRef{catalog.SnapshotRef(h.Snapshot)}, nil)
+		if err != nil && !errors.Is(err, pagestore.ErrReadOnly) {
+			s.log.Warn("cannot lease the snapshot; it could be removed under the VM", "client", id, "err", err)
+		}
+		leased <- lid
+	}()
+	defer func() {
+		if lid := <-leased; lid != "" {
+			if err := s.store.ReleaseLease(lid); err != nil {
+				s.log.Warn("releasing lease failed", "lease", lid, "err", err)
+			}
+		}
+	}()
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -566,5 +567,36 @@ func TestClientFailsFastWhenSidecarDies(t *testing.T) {
 	defer s.Close()
 	if res, err := s.Verify(context.Background(), nil); err != nil || !res.OK() {
 		t.Fatalf("store after sidecar kill: %v %v", err, res.Problems)
+	}
+}
+
+func TestRunningSessionLeasesItsSnapshot(t *testing.T) {
+	f := newFixture(t, "")
+	cmd, out, errb := startChild(t, childSpec{Socket: f.sock, Snapshot: "diff", Size: int64(len(f.diff)), SlowTouch: 200 * time.Microsecond, Bye: true})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var n int
+		_ = f.store.Catalog().View(func(tx *catalog.Tx) error {
+			ls, err := tx.Leases()
+			n = len(ls)
+			return err
+		})
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the session took no lease")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := f.store.Remove("diff"); !errors.Is(err, catalog.ErrInUse) {
+		t.Fatalf("removing a snapshot a VM runs on: %v, want ErrInUse", err)
+	}
+	if _, err := waitChild(t, cmd, out, errb, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	f.endedMetrics(t)
+	if _, err := f.store.Remove("diff"); err != nil {
+		t.Fatalf("remove after the session ended: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -35,6 +36,9 @@ type Server struct {
 
 	// OnEnd, if set, is called with a session's final metrics.
 	OnEnd func(Metrics)
+	// Control, if set, handles messages that carry no uffd (commands for
+	// the store, say): it owns conn for as long as it runs.
+	Control func(ctx context.Context, conn *net.UnixConn, body []byte)
 }
 
 // New returns a server for store. The store must be open for writing if
@@ -125,12 +129,23 @@ func (s *Server) handle(ctx context.Context, conn *net.UnixConn, bound string) {
 	id := fmt.Sprintf("client-%d", s.nextID.Add(1))
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	fd, body, err := uffd.ReceiveRaw(conn)
+	if errors.Is(err, io.EOF) {
+		return // a probe: connected and hung up without a word
+	}
 	if err != nil {
 		s.log.Warn("handoff failed", "client", id, "err", err)
 		_ = writeReply(conn, Reply{Error: err.Error()})
 		return
 	}
 	conn.SetReadDeadline(time.Time{})
+	if fd < 0 {
+		if s.Control != nil {
+			s.Control(ctx, conn, body)
+			return
+		}
+		_ = writeReply(conn, Reply{Error: "the handoff message carried no file descriptor (send the uffd with SCM_RIGHTS)"})
+		return
+	}
 	h, firecracker, err := parseHandoff(body, bound)
 	fail := func(err error) {
 		s.log.Warn("handoff refused", "client", id, "err", err)

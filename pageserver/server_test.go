@@ -506,7 +506,7 @@ func TestMalformedMessages(t *testing.T) {
 		{`{"snapshot":"base","regions":[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":2097152}]}`, true, "page size"},
 		// Firecracker's form gets no replies, only a closed connection.
 		{`[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]`, true, "closed without reply"},
-		{`{"snapshot":"base"}`, false, "file descriptors"},
+		{`{"snapshot":"base"}`, false, "no file descriptor"},
 	} {
 		rep := send(tc.body, tc.withFD)
 		if rep.OK || !strings.Contains(rep.Error, tc.want) {

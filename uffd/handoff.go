@@ -64,6 +64,9 @@ func Receive(conn *net.UnixConn, opts ...Option) (*FD, []Region, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if fd < 0 {
+		return nil, nil, fmt.Errorf("uffd: receive: the message carried no file descriptor: %w", unix.EPROTO)
+	}
 	var regions []Region
 	if err := json.Unmarshal(body, &regions); err != nil {
 		unix.Close(fd)
@@ -84,7 +87,9 @@ func Receive(conn *net.UnixConn, opts ...Option) (*FD, []Region, error) {
 
 // ReceiveRaw reads one handoff message from conn and returns the raw
 // descriptor it carried and its JSON body (any JSON value: Firecracker's
-// array or an extended object). The caller owns fd.
+// array or an extended object). A message without a descriptor returns
+// fd -1 and no error, so that one socket can also carry control messages.
+// The caller owns fd.
 func ReceiveRaw(conn *net.UnixConn) (fd int, body []byte, err error) {
 	buf := make([]byte, 64<<10)
 	oob := make([]byte, unix.CmsgSpace(4*4))
@@ -105,30 +110,39 @@ func ReceiveRaw(conn *net.UnixConn) (fd int, body []byte, err error) {
 	case flags&unix.MSG_CTRUNC != 0:
 		closeAll()
 		return -1, nil, fmt.Errorf("uffd: receive: control message truncated: %w", unix.EMSGSIZE)
-	case len(fds) != 1:
+	case len(fds) > 1:
 		closeAll()
 		return -1, nil, fmt.Errorf("uffd: receive: got %d file descriptors, want 1: %w", len(fds), unix.EPROTO)
+	}
+	fd = -1
+	if len(fds) == 1 {
+		fd = fds[0]
+	}
+	closeFD := func() {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 	}
 	body = buf[:n]
 	// One sendmsg arrives in one read unless it filled the buffer; only
 	// then is there more to read. A short, invalid body is just invalid.
 	for last := n; !json.Valid(body) && last == len(buf); {
 		if len(body) >= maxHandoff {
-			unix.Close(fds[0])
+			closeFD()
 			return -1, nil, fmt.Errorf("uffd: receive: handoff message exceeds %d bytes: %w", maxHandoff, unix.EMSGSIZE)
 		}
 		m, err := conn.Read(buf)
 		if err != nil {
-			unix.Close(fds[0])
+			closeFD()
 			return -1, nil, fmt.Errorf("uffd: receive: incomplete handoff message (%d bytes): %w", len(body), err)
 		}
 		body, last = append(body, buf[:m]...), m
 	}
 	if !json.Valid(body) {
-		unix.Close(fds[0])
+		closeFD()
 		return -1, nil, fmt.Errorf("uffd: receive: handoff message is not valid JSON (%d bytes): %w", len(body), unix.EPROTO)
 	}
-	return fds[0], body, nil
+	return fd, body, nil
 }
 
 func parseRights(oob []byte) ([]int, error) {

@@ -24,7 +24,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	app := newApp()
-	if err := app.RunContext(ctx, os.Args); err != nil {
+	err := app.RunContext(ctx, os.Args)
+	var fwd forwardError
+	if errors.As(err, &fwd) {
+		os.Exit(forward(ctx, fwd.sock, os.Args[1:]))
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "snapstore: %s\n", message(err))
 		os.Exit(exitCode(err))
 	}
@@ -115,9 +120,14 @@ func args(c *cli.Context, names ...string) ([]string, error) {
 	return c.Args().Slice(), nil
 }
 
-// openStore opens the store from --store for writing (creating it when
-// create is set) or for reading.
-func openStore(c *cli.Context, write, create bool) (*pagestore.Store, error) {
+// openStore returns the store to work on: the sidecar's own when the
+// command runs inside it; else the store in --store, opened for writing
+// (creating it when create is set) or for reading. When a sidecar owns the
+// store, it returns forwardError so that main runs the command there.
+func openStore(c *cli.Context, write, create bool) (*pagestore.Store, func(), error) {
+	if s := inSidecar(c); s != nil {
+		return s, func() {}, nil
+	}
 	dir := c.String("store")
 	var opts []pagestore.Option
 	switch {
@@ -127,8 +137,16 @@ func openStore(c *cli.Context, write, create bool) (*pagestore.Store, error) {
 		opts = append(opts, pagestore.Create())
 	}
 	s, err := pagestore.Open(dir, opts...)
-	if errors.Is(err, fs.ErrPermission) {
-		return nil, fmt.Errorf("store %s: permission denied (use --store or SNAPSTORE_DIR to pick a directory you can write)", dir)
+	switch {
+	case errors.Is(err, pagestore.ErrLocked):
+		if sock := sidecarSocket(dir); sock != "" {
+			return nil, nil, forwardError{sock}
+		}
+		return nil, nil, err
+	case errors.Is(err, fs.ErrPermission):
+		return nil, nil, fmt.Errorf("store %s: permission denied (use --store or SNAPSTORE_DIR to pick a directory you can write)", dir)
+	case err != nil:
+		return nil, nil, err
 	}
-	return s, err
+	return s, func() { s.Close() }, nil
 }

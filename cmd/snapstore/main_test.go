@@ -223,7 +223,27 @@ func TestServeStartsAndStops(t *testing.T) {
 	}
 	// The sidecar owns the store; a second one is refused with who holds it.
 	fails(t, store, "locked by pid", "serve", "--socket", filepath.Join(dir, "other.sock"))
-	fails(t, store, "locked by pid", "ls")
+	// Other commands run inside the sidecar, relative paths included.
+	mem2 := corpus.Generate(7, 1<<20)
+	if err := os.WriteFile(filepath.Join(dir, "rel.raw"), mem2, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	imp := exec.Command(bin, "--store", store, "memory", "import", "m2", "rel.raw")
+	imp.Dir = dir
+	if out, err := imp.CombinedOutput(); err != nil || !strings.Contains(string(out), `imported snapshot "m2"`) {
+		t.Fatalf("import through the sidecar: %v: %s", err, out)
+	}
+	if out := ok(t, store, "ls"); !strings.Contains(out, "m2") {
+		t.Fatalf("ls through the sidecar: %s", out)
+	}
+	exported := filepath.Join(dir, "m2.out")
+	ok(t, store, "memory", "export", "m2", exported)
+	if got, _ := os.ReadFile(exported); !bytes.Equal(got, mem2) {
+		t.Fatal("export through the sidecar differs")
+	}
+	fails(t, store, "no such image or snapshot", "inspect", "nope")
+	fails(t, store, "serve --mount", "mount", dir)
+	ok(t, store, "verify")
 	cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()

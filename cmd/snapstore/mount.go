@@ -26,11 +26,14 @@ parent link. The mount holds a reader's lock: to import while mounted, run
 			if err != nil {
 				return err
 			}
-			s, err := openStore(c, false, false)
+			if inSidecar(c) != nil {
+				return fmt.Errorf("mount: the store is owned by a running sidecar; mount it with `snapstore serve --mount DIR`")
+			}
+			s, release, err := openStore(c, false, false)
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer release()
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			m, err := fusefs.New(a[0], s, fusefs.Options{Log: log, Debug: c.Bool("debug")})
 			if err != nil {

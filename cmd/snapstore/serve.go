@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,6 +42,9 @@ other snapstore commands find the store locked.`,
 		Action: func(c *cli.Context) error {
 			if _, err := args(c); err != nil {
 				return err
+			}
+			if inSidecar(c) != nil {
+				return fmt.Errorf("serve: a sidecar already owns this store")
 			}
 			cache, err := parseSize(c.String("cache-size"))
 			if err != nil {
@@ -108,6 +112,16 @@ other snapstore commands find the store locked.`,
 				}()
 			}
 			srv := pageserver.New(s, log)
+			srv.Control = func(ctx context.Context, conn *net.UnixConn, body []byte) {
+				runRemote(ctx, s, conn, body)
+			}
+			// Tell other commands where to find us.
+			abs, _ := filepath.Abs(sock)
+			marker := filepath.Join(c.String("store"), sidecarFile)
+			if err := os.WriteFile(marker, []byte(abs+"\n"), 0o644); err != nil {
+				return err
+			}
+			defer os.Remove(marker)
 			var wg sync.WaitGroup
 			errs := make(chan error, len(binds))
 			for i, b := range binds {

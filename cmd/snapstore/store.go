@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -17,8 +16,8 @@ import (
 
 var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
 
-func printJSON(v any) error {
-	enc := json.NewEncoder(os.Stdout)
+func printJSON(c *cli.Context, v any) error {
+	enc := json.NewEncoder(c.App.Writer)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
@@ -32,11 +31,11 @@ func lsCommand() *cli.Command {
 			if _, err := args(c); err != nil {
 				return err
 			}
-			s, err := openStore(c, false, false)
+			s, release, err := openStore(c, false, false)
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer release()
 			objs, err := s.List()
 			if err != nil {
 				return err
@@ -45,9 +44,9 @@ func lsCommand() *cli.Command {
 				if objs == nil {
 					objs = []pagestore.ObjectInfo{}
 				}
-				return printJSON(objs)
+				return printJSON(c, objs)
 			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tTYPE\tKIND\tSIZE\tSTORED\tRATIO\tPARENT\tCREATED")
 			for _, o := range objs {
 				kind := string(o.Kind)
@@ -65,7 +64,7 @@ func lsCommand() *cli.Command {
 			tw.Flush()
 			st, err := s.Stats()
 			if err == nil {
-				fmt.Printf("%d images, %d snapshots; %d chunks in %d packs, %s on disk\n", st.Images, st.Snapshots, st.Chunks, st.Packs, progress.Bytes(st.PackBytes))
+				fmt.Fprintf(c.App.Writer, "%d images, %d snapshots; %d chunks in %d packs, %s on disk\n", st.Images, st.Snapshots, st.Chunks, st.Packs, progress.Bytes(st.PackBytes))
 			}
 			return nil
 		},
@@ -90,19 +89,19 @@ func inspectCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			s, err := openStore(c, false, false)
+			s, release, err := openStore(c, false, false)
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer release()
 			o, err := s.Inspect(a[0])
 			if err != nil {
 				return fmt.Errorf("inspect: %w", err)
 			}
 			if c.Bool("json") {
-				return printJSON(o)
+				return printJSON(c, o)
 			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
 			row := func(k, format string, v ...any) { fmt.Fprintf(tw, "%s:\t"+format+"\n", append([]any{k}, v...)...) }
 			row("name", "%s", o.Name)
 			row("type", "%s", o.Type)
@@ -162,11 +161,11 @@ func rmCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			s, err := openStore(c, true, false)
+			s, release, err := openStore(c, true, false)
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer release()
 			info, _ := s.Inspect(a[0])
 			kind, err := s.Remove(a[0])
 			if err != nil {
@@ -176,7 +175,7 @@ func rmCommand() *cli.Command {
 			if info != nil {
 				freed = fmt.Sprintf("; gc will reclaim %s", progress.Bytes(info.UniqueStoredBytes))
 			}
-			fmt.Printf("removed %s %q%s\n", kind, a[0], freed)
+			fmt.Fprintf(c.App.Writer, "removed %s %q%s\n", kind, a[0], freed)
 			return nil
 		},
 	}
@@ -195,16 +194,16 @@ reclaimable by gc, not as errors. Exits 1 if anything is corrupt.`,
 			if _, err := args(c); err != nil {
 				return err
 			}
-			s, err := openStore(c, false, false)
+			s, release, err := openStore(c, false, false)
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer release()
 			var bar *progress.Bar
 			start := time.Now()
 			res, err := s.Verify(c.Context, func(done, total int) {
 				if bar == nil && !c.Bool("quiet") {
-					bar = progress.NewCount(os.Stderr, "verify", int64(total))
+					bar = progress.NewCount(c.App.ErrWriter, "verify", int64(total))
 				}
 				bar.Set(int64(done))
 			})
@@ -213,23 +212,23 @@ reclaimable by gc, not as errors. Exits 1 if anything is corrupt.`,
 				return fmt.Errorf("verify: %w", err)
 			}
 			if c.Bool("json") {
-				if err := printJSON(res); err != nil {
+				if err := printJSON(c, res); err != nil {
 					return err
 				}
 			} else {
 				for _, p := range res.Problems {
-					fmt.Println("CORRUPT", p)
+					fmt.Fprintln(c.App.Writer, "CORRUPT", p)
 				}
-				fmt.Printf("verified %d objects, %d chunks (%s) in %s\n", res.Objects, res.Chunks, progress.Bytes(res.Bytes), time.Since(start).Round(time.Millisecond))
+				fmt.Fprintf(c.App.Writer, "verified %d objects, %d chunks (%s) in %s\n", res.Objects, res.Chunks, progress.Bytes(res.Bytes), time.Since(start).Round(time.Millisecond))
 				if res.Unreferenced > 0 || res.OrphanBytes > 0 || len(res.OrphanFiles) > 0 {
-					fmt.Printf("reclaimable by gc: %d unreferenced chunks, %s of crash debris, %d orphan pack files\n", res.Unreferenced, progress.Bytes(res.OrphanBytes), len(res.OrphanFiles))
+					fmt.Fprintf(c.App.Writer, "reclaimable by gc: %d unreferenced chunks, %s of crash debris, %d orphan pack files\n", res.Unreferenced, progress.Bytes(res.OrphanBytes), len(res.OrphanFiles))
 				}
 			}
 			if !res.OK() {
 				return fmt.Errorf("verify: %d problems: %w", len(res.Problems), pagestore.ErrCorrupt)
 			}
 			if !c.Bool("json") {
-				fmt.Println("OK")
+				fmt.Fprintln(c.App.Writer, "OK")
 			}
 			return nil
 		},
@@ -256,27 +255,27 @@ dead, and truncates crash debris.`,
 			if err != nil || th > 1 {
 				return usagef("--rewrite-threshold: want a fraction between 0 and 1")
 			}
-			s, err := openStore(c, !c.Bool("dry-run"), false)
+			s, release, err := openStore(c, !c.Bool("dry-run"), false)
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer release()
 			o := pagestore.GCOptions{DryRun: c.Bool("dry-run"), RewriteThreshold: th}
 			if !c.Bool("quiet") && !c.Bool("json") {
-				o.Progress = func(msg string) { fmt.Fprintln(os.Stderr, "gc:", msg) }
+				o.Progress = func(msg string) { fmt.Fprintln(c.App.ErrWriter, "gc:", msg) }
 			}
 			res, err := s.GC(c.Context, o)
 			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
-				return printJSON(res)
+				return printJSON(c, res)
 			}
 			verb := "removed"
 			if res.DryRun {
 				verb = "would remove"
 			}
-			fmt.Printf("gc: %s %d of %d chunks (%s) and %d stale leases; %d packs deleted, %d rewritten, %d truncated, %d orphan files; %s reclaimed\n",
+			fmt.Fprintf(c.App.Writer, "gc: %s %d of %d chunks (%s) and %d stale leases; %d packs deleted, %d rewritten, %d truncated, %d orphan files; %s reclaimed\n",
 				verb, res.DeadChunks, res.DeadChunks+res.LiveChunks, progress.Bytes(res.DeadBytes), res.StaleLeases,
 				len(res.DeletedPacks), len(res.RewrittenPacks), len(res.TruncatedPacks), len(res.OrphanFiles), progress.Bytes(res.ReclaimedBytes))
 			return nil

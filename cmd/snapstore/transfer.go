@@ -43,16 +43,19 @@ standard input.`,
 				if err != nil {
 					return usagef("--chunk-size: %v", err)
 				}
-				in, size, err := openInput(a[1])
+				if a[1] == "-" && inSidecar(c) != nil {
+					return fmt.Errorf("image import: reading standard input is not possible while the sidecar owns the store; give a file")
+				}
+				in, size, err := openInput(resolvePath(c, a[1]))
 				if err != nil {
 					return err
 				}
 				defer in.Close()
-				s, err := openStore(c, true, true)
+				s, release, err := openStore(c, true, true)
 				if err != nil {
 					return err
 				}
-				defer s.Close()
+				defer release()
 				bar := newBar(c, "import "+a[0], size)
 				res, err := s.ImportImage(c.Context, a[0], in, pagestore.ImportOptions{ChunkSize: int(chunk), Codec: c.String("codec"), Progress: bar.Set})
 				bar.Finish()
@@ -128,12 +131,12 @@ the parent.`,
 					dst  *[]byte
 				}{{"vmstate", &o.VMState}, {"vmconfig", &o.VMConfig}} {
 					if p := c.String(blob.flag); p != "" {
-						if *blob.dst, err = os.ReadFile(p); err != nil {
+						if *blob.dst, err = os.ReadFile(resolvePath(c, p)); err != nil {
 							return fmt.Errorf("--%s: %w", blob.flag, err)
 						}
 					}
 				}
-				f, err := os.Open(a[1])
+				f, err := os.Open(resolvePath(c, a[1]))
 				if err != nil {
 					return fmt.Errorf("memory import: %w", err)
 				}
@@ -148,11 +151,11 @@ the parent.`,
 				if st.Size() == 0 || st.Size()%4096 != 0 {
 					return fmt.Errorf("memory import: %s is %d bytes, not a positive multiple of 4 KiB; is it a raw guest-memory file?", a[1], st.Size())
 				}
-				s, err := openStore(c, true, true)
+				s, release, err := openStore(c, true, true)
 				if err != nil {
 					return err
 				}
-				defer s.Close()
+				defer release()
 				bar := newBar(c, "import "+a[0], st.Size())
 				o.Progress = bar.Set
 				res, err := s.ImportMemory(c.Context, a[0], f, st.Size(), o)
@@ -188,7 +191,7 @@ func newBar(c *cli.Context, label string, total int64) *progress.Bar {
 	if c.Bool("quiet") {
 		return nil
 	}
-	return progress.New(os.Stderr, label, total)
+	return progress.New(c.App.ErrWriter, label, total)
 }
 
 // openInput opens FILE or standard input and returns its size (-1 if
@@ -222,7 +225,7 @@ func export(c *cli.Context, what string, fn exportFunc, size func(*pagestore.Sto
 	if err != nil {
 		return err
 	}
-	name, path := a[0], a[1]
+	name, path := a[0], resolvePath(c, a[1])
 	if path != "-" && !c.Bool("force") {
 		if _, err := os.Lstat(path); err == nil {
 			return fmt.Errorf("%s export: %s exists (use --force to overwrite)", what, path)
@@ -230,18 +233,18 @@ func export(c *cli.Context, what string, fn exportFunc, size func(*pagestore.Sto
 			return fmt.Errorf("%s export: %w", what, err)
 		}
 	}
-	s, err := openStore(c, false, false)
+	s, release, err := openStore(c, false, false)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
+	defer release()
 	total, err := size(s, name)
 	if err != nil {
 		return fmt.Errorf("%s export: %w", what, err)
 	}
 	start := time.Now()
 	if path == "-" {
-		_, err := fn(c.Context, s, name, os.Stdout, nil)
+		_, err := fn(c.Context, s, name, c.App.Writer, nil)
 		return err
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
@@ -266,7 +269,7 @@ func export(c *cli.Context, what string, fn exportFunc, size func(*pagestore.Sto
 	}
 	if !c.Bool("quiet") {
 		d := time.Since(start)
-		fmt.Fprintf(os.Stderr, "exported %s %q to %s: %s in %s (%s/s)\n", what, name, path, progress.Bytes(n), d.Round(time.Millisecond), progress.Bytes(int64(float64(n)/d.Seconds())))
+		fmt.Fprintf(c.App.ErrWriter, "exported %s %q to %s: %s in %s (%s/s)\n", what, name, path, progress.Bytes(n), d.Round(time.Millisecond), progress.Bytes(int64(float64(n)/d.Seconds())))
 	}
 	return nil
 }
@@ -281,7 +284,7 @@ func printImport(c *cli.Context, what string, r *pagestore.ImportResult) {
 	if st.UnchangedBytes > 0 {
 		detail = fmt.Sprintf("%s unchanged from parent, %s", progress.Bytes(st.UnchangedBytes), detail)
 	}
-	fmt.Printf("imported %s %q: %s (%s); %d chunks, %d new (%s stored, %.1fx compressed), %d deduplicated; %s (%s/s)\n",
+	fmt.Fprintf(c.App.Writer, "imported %s %q: %s (%s); %d chunks, %d new (%s stored, %.1fx compressed), %d deduplicated; %s (%s/s)\n",
 		what, r.Name, progress.Bytes(r.Size), detail, st.Chunks, st.NewChunks,
 		progress.Bytes(st.NewBytes), ratio, st.DedupChunks, r.Duration.Round(time.Millisecond),
 		progress.Bytes(int64(float64(st.InputBytes)/max(r.Duration.Seconds(), 1e-9))))

@@ -1,0 +1,212 @@
+package kvm
+
+import (
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ioctl request encoding (asm-generic/ioctl.h).
+const (
+	iocNone  = 0
+	iocWrite = 1
+	iocRead  = 2
+	kvmio    = 0xAE
+)
+
+func ioc(dir, nr, size uintptr) uintptr { return dir<<30 | size<<16 | kvmio<<8 | nr }
+
+// ioctl numbers from include/uapi/linux/kvm.h (x86_64 struct sizes).
+var (
+	kvmGetAPIVersion       = ioc(iocNone, 0x00, 0)
+	kvmCreateVM            = ioc(iocNone, 0x01, 0)
+	kvmGetMSRIndexList     = ioc(iocRead|iocWrite, 0x02, 4)
+	kvmCheckExtension      = ioc(iocNone, 0x03, 0)
+	kvmGetVCPUMmapSize     = ioc(iocNone, 0x04, 0)
+	kvmGetSupportedCPUID   = ioc(iocRead|iocWrite, 0x05, 8)
+	kvmCreateVCPU          = ioc(iocNone, 0x41, 0)
+	kvmSetUserMemoryRegion = ioc(iocWrite, 0x46, unsafe.Sizeof(userspaceMemoryRegion{}))
+	kvmSetTSSAddr          = ioc(iocNone, 0x47, 0)
+	kvmSetIdentityMapAddr  = ioc(iocWrite, 0x48, 8)
+	kvmCreateIRQChip       = ioc(iocNone, 0x60, 0)
+	kvmIRQLine             = ioc(iocWrite, 0x61, 8)
+	kvmIRQFD               = ioc(iocWrite, 0x76, unsafe.Sizeof(irqfd{}))
+	kvmCreatePIT2          = ioc(iocWrite, 0x77, 64)
+	kvmIOEventFD           = ioc(iocWrite, 0x79, unsafe.Sizeof(ioeventfd{}))
+	kvmRun                 = ioc(iocNone, 0x80, 0)
+	kvmGetRegs             = ioc(iocRead, 0x81, unsafe.Sizeof(Regs{}))
+	kvmSetRegs             = ioc(iocWrite, 0x82, unsafe.Sizeof(Regs{}))
+	kvmGetSregs            = ioc(iocRead, 0x83, unsafe.Sizeof(Sregs{}))
+	kvmSetSregs            = ioc(iocWrite, 0x84, unsafe.Sizeof(Sregs{}))
+	kvmGetMSRs             = ioc(iocRead|iocWrite, 0x88, 8)
+	kvmSetMSRs             = ioc(iocWrite, 0x89, 8)
+	kvmSetCPUID2           = ioc(iocWrite, 0x90, 8)
+)
+
+// Capabilities (KVM_CAP_*).
+const (
+	CapIRQChip       = 0
+	CapUserMemory    = 3
+	CapSetTSSAddr    = 4
+	CapIRQFD         = 32
+	CapPIT2          = 33
+	CapIOEventFD     = 36
+	CapImmediateExit = 136
+)
+
+// Exit reasons (KVM_EXIT_*).
+const (
+	ExitUnknown       = 0
+	ExitException     = 1
+	ExitIO            = 2
+	ExitHypercall     = 3
+	ExitDebug         = 4
+	ExitHLT           = 5
+	ExitMMIO          = 6
+	ExitShutdown      = 8
+	ExitFailEntry     = 9
+	ExitIntr          = 10
+	ExitInternalError = 17
+	ExitSystemEvent   = 24
+)
+
+// I/O directions in an IO exit.
+const (
+	IOIn  = 0
+	IOOut = 1
+)
+
+// Regs is struct kvm_regs.
+type Regs struct {
+	RAX, RBX, RCX, RDX, RSI, RDI, RSP, RBP uint64
+	R8, R9, R10, R11, R12, R13, R14, R15   uint64
+	RIP, RFlags                            uint64
+}
+
+// Segment is struct kvm_segment.
+type Segment struct {
+	Base                         uint64
+	Limit                        uint32
+	Selector                     uint16
+	Type, Present, DPL, DB, S, L uint8
+	G, AVL, Unusable, padding    uint8
+}
+
+// DTable is struct kvm_dtable.
+type DTable struct {
+	Base    uint64
+	Limit   uint16
+	padding [3]uint16
+}
+
+// Sregs is struct kvm_sregs.
+type Sregs struct {
+	CS, DS, ES, FS, GS, SS  Segment
+	TR, LDT                 Segment
+	GDT, IDT                DTable
+	CR0, CR2, CR3, CR4, CR8 uint64
+	EFER                    uint64
+	APICBase                uint64
+	InterruptBitmap         [4]uint64
+}
+
+type userspaceMemoryRegion struct {
+	Slot, Flags   uint32
+	GuestPhysAddr uint64
+	MemorySize    uint64
+	UserspaceAddr uint64
+}
+
+type irqfd struct {
+	FD, GSI, Flags, ResampleFD uint32
+	pad                        [16]uint8
+}
+
+type ioeventfd struct {
+	DataMatch uint64
+	Addr      uint64
+	Len       uint32
+	FD        int32
+	Flags     uint32
+	pad       [36]uint8
+}
+
+// CPUIDEntry is struct kvm_cpuid_entry2.
+type CPUIDEntry struct {
+	Function, Index, Flags uint32
+	EAX, EBX, ECX, EDX     uint32
+	padding                [3]uint32
+}
+
+// MSREntry is struct kvm_msr_entry.
+type MSREntry struct {
+	Index    uint32
+	reserved uint32
+	Data     uint64
+}
+
+// kvm_run offsets.
+const (
+	runImmediateExit = 1
+	runExitReason    = 8
+	runExit          = 32 // the exit union
+)
+
+func ioctl(fd int, req, arg uintptr) (uintptr, error) {
+	for {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+		if e == syscall.EINTR && req != kvmRun {
+			continue
+		}
+		if e != 0 {
+			return r, e
+		}
+		return r, nil
+	}
+}
+
+func ioctlPtr[T any](fd int, req uintptr, v *T) error {
+	_, err := ioctl(fd, req, uintptr(unsafe.Pointer(v)))
+	return err
+}
+
+// cpuidBuffer is struct kvm_cpuid2 with room for n entries.
+func cpuidBuffer(entries []CPUIDEntry) []byte {
+	b := make([]byte, 8+len(entries)*int(unsafe.Sizeof(CPUIDEntry{})))
+	*(*uint32)(unsafe.Pointer(&b[0])) = uint32(len(entries))
+	if len(entries) > 0 {
+		copy(unsafe.Slice((*CPUIDEntry)(unsafe.Pointer(&b[8])), len(entries)), entries)
+	}
+	return b
+}
+
+func cpuidEntries(b []byte) []CPUIDEntry {
+	n := *(*uint32)(unsafe.Pointer(&b[0]))
+	if n == 0 {
+		return nil
+	}
+	return append([]CPUIDEntry(nil), unsafe.Slice((*CPUIDEntry)(unsafe.Pointer(&b[8])), n)...)
+}
+
+func msrsBuffer(entries []MSREntry) []byte {
+	b := make([]byte, 8+len(entries)*int(unsafe.Sizeof(MSREntry{})))
+	*(*uint32)(unsafe.Pointer(&b[0])) = uint32(len(entries))
+	if len(entries) > 0 {
+		copy(unsafe.Slice((*MSREntry)(unsafe.Pointer(&b[8])), len(entries)), entries)
+	}
+	return b
+}
+
+func msrsEntries(b []byte, n int) []MSREntry {
+	if n == 0 {
+		return nil
+	}
+	return append([]MSREntry(nil), unsafe.Slice((*MSREntry)(unsafe.Pointer(&b[8])), n)...)
+}
+
+func bufPtr(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
+
+func u32At(b []byte, off int) uint32     { return *(*uint32)(unsafe.Pointer(&b[off])) }
+func u64At(b []byte, off int) uint64     { return *(*uint64)(unsafe.Pointer(&b[off])) }
+func putU32(b []byte, off int, v uint32) { *(*uint32)(unsafe.Pointer(&b[off])) = v }

@@ -42,7 +42,29 @@ var (
 	kvmGetMSRs             = ioc(iocRead|iocWrite, 0x88, 8)
 	kvmSetMSRs             = ioc(iocWrite, 0x89, 8)
 	kvmSetCPUID2           = ioc(iocWrite, 0x90, 8)
+	kvmGetFPU              = ioc(iocRead, 0x8c, unsafe.Sizeof(FPU{}))
+	kvmSetFPU              = ioc(iocWrite, 0x8d, unsafe.Sizeof(FPU{}))
+	kvmGetLAPIC            = ioc(iocRead, 0x8e, unsafe.Sizeof(LAPIC{}))
+	kvmSetLAPIC            = ioc(iocWrite, 0x8f, unsafe.Sizeof(LAPIC{}))
 )
+
+// FPU is struct kvm_fpu.
+type FPU struct {
+	FPR        [8][16]uint8
+	FCW, FSW   uint16
+	FTWX, pad1 uint8
+	LastOpcode uint16
+	LastIP     uint64
+	LastDP     uint64
+	XMM        [16][16]uint8
+	MXCSR      uint32
+	pad2       uint32
+}
+
+// LAPIC is struct kvm_lapic_state: the local APIC's 1 KiB register page.
+type LAPIC struct {
+	Regs [1024]byte
+}
 
 // Capabilities (KVM_CAP_*).
 const (

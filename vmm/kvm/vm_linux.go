@@ -244,6 +244,24 @@ func (c *VCPU) MSRs(indices []uint32) ([]MSREntry, error) {
 	return msrsEntries(b, int(n)), nil
 }
 
+// FPU returns the FPU state.
+func (c *VCPU) FPU() (FPU, error) {
+	var f FPU
+	return f, wrap("KVM_GET_FPU", ioctlPtr(c.fd, kvmGetFPU, &f))
+}
+
+// SetFPU sets the FPU state.
+func (c *VCPU) SetFPU(f FPU) error { return wrap("KVM_SET_FPU", ioctlPtr(c.fd, kvmSetFPU, &f)) }
+
+// LAPIC returns the local APIC state.
+func (c *VCPU) LAPIC() (LAPIC, error) {
+	var l LAPIC
+	return l, wrap("KVM_GET_LAPIC", ioctlPtr(c.fd, kvmGetLAPIC, &l))
+}
+
+// SetLAPIC sets the local APIC state.
+func (c *VCPU) SetLAPIC(l LAPIC) error { return wrap("KVM_SET_LAPIC", ioctlPtr(c.fd, kvmSetLAPIC, &l)) }
+
 // Run enters the guest until the next exit and returns the exit reason.
 // EINTR (a signal, or immediate exit) returns ExitIntr.
 func (c *VCPU) Run() (int, error) {

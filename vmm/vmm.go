@@ -1,0 +1,316 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/snapfaas/snapfaas/vmm/arch"
+	"github.com/snapfaas/snapfaas/vmm/devices"
+	"github.com/snapfaas/snapfaas/vmm/kvm"
+)
+
+// Sentinel errors.
+var (
+	// ErrConfig: the VM configuration is unusable.
+	ErrConfig = errors.New("bad VM configuration")
+	// ErrReset: the guest asked for a reset (i8042 0xFE, or a reboot).
+	// snapfaas VMs treat it as a clean power-off, like Firecracker.
+	ErrReset = errors.New("guest reset")
+)
+
+// DefaultCmdline is the command line given to Linux guests when none is
+// set (Firecracker's, with the serial console on).
+const DefaultCmdline = "console=ttyS0 reboot=k panic=1 pci=off nomodules 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+
+// Config describes a VM to boot.
+type Config struct {
+	// Kernel is an ELF vmlinux or a bzImage.
+	Kernel string
+	// Cmdline is the kernel command line (DefaultCmdline if empty); the
+	// VMM appends its virtio devices.
+	Cmdline string
+	MemMiB  int
+	VCPUs   int
+	// Console receives the serial port's output (nil: discarded).
+	Console io.Writer
+	// HideEmulatorUnsafe hides CPU features an instruction emulator cannot
+	// run (CX16, XSAVE, AVX, SSE3+, POPCNT...), for PVM hosts like ours.
+	HideEmulatorUnsafe bool
+	// OnSnapshotPoint is called on the vCPU thread when the guest writes
+	// to the snapshot port (123 boot done, 124 snapshot now).
+	OnSnapshotPoint func(value uint8)
+}
+
+// VM is a running (or ready) microVM.
+type VM struct {
+	cfg    Config
+	sys    *kvm.System
+	vm     *kvm.VM
+	mem    []byte
+	vcpus  []*kvm.VCPU
+	pio    devices.Bus
+	mmio   devices.Bus
+	serial *devices.Serial
+
+	stopOnce sync.Once
+	stopping atomic.Bool
+	done     chan struct{}
+	err      error
+}
+
+// New creates a VM: KVM objects, guest memory, the kernel and boot
+// structures in memory, devices, and vCPUs in their entry state.
+func New(cfg Config) (_ *VM, err error) {
+	if cfg.MemMiB <= 0 {
+		cfg.MemMiB = 128
+	}
+	if cfg.VCPUs <= 0 {
+		cfg.VCPUs = 1
+	}
+	if cfg.VCPUs > arch.MaxVCPUs {
+		return nil, fmt.Errorf("%d vCPUs: at most %d: %w", cfg.VCPUs, arch.MaxVCPUs, ErrConfig)
+	}
+	if cfg.MemMiB < 16 {
+		return nil, fmt.Errorf("%d MiB of memory: at least 16: %w", cfg.MemMiB, ErrConfig)
+	}
+	if cfg.Cmdline == "" {
+		cfg.Cmdline = DefaultCmdline
+	}
+	kf, err := os.Open(cfg.Kernel)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	defer kf.Close()
+	kst, err := kf.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+
+	sys, err := kvm.Open()
+	if err != nil {
+		return nil, err
+	}
+	vm := &VM{cfg: cfg, sys: sys, done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			vm.Close()
+		}
+	}()
+	if vm.vm, err = sys.CreateVM(); err != nil {
+		return nil, err
+	}
+	if err := vm.vm.SetTSSAddr(arch.TSSAddress); err != nil {
+		return nil, err
+	}
+	if err := vm.vm.SetIdentityMapAddr(arch.IdentityMapAddress); err != nil {
+		return nil, err
+	}
+	if err := vm.vm.CreateIRQChip(); err != nil {
+		return nil, err
+	}
+	if err := vm.vm.CreatePIT2(); err != nil {
+		return nil, err
+	}
+	memSize := uint64(cfg.MemMiB) << 20
+	vm.mem, err = unix.Mmap(-1, 0, int(memSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, fmt.Errorf("guest memory of %d MiB: %w", cfg.MemMiB, err)
+	}
+	base := hostAddr(vm.mem)
+	for i, r := range arch.RAMRegions(memSize) {
+		if err := vm.vm.SetMemory(uint32(i), r.Guest, r.Size, base+uintptr(r.Offset)); err != nil {
+			return nil, err
+		}
+	}
+
+	k, err := arch.LoadKernel(vm.mem, kf, kst.Size())
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", cfg.Kernel, err)
+	}
+	if err := arch.WriteZeroPage(vm.mem, arch.BootParams{SetupHeader: k.SetupHeader, Cmdline: vm.cmdline(), MemSize: memSize}); err != nil {
+		return nil, err
+	}
+	if err := arch.WriteMPTable(vm.mem, cfg.VCPUs); err != nil {
+		return nil, err
+	}
+	entry, err := arch.SetupLongMode(vm.mem, k.Entry)
+	if err != nil {
+		return nil, err
+	}
+
+	if err := vm.addLegacyDevices(); err != nil {
+		return nil, err
+	}
+
+	supported, err := sys.SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	msrIndex, err := sys.MSRIndexList()
+	if err != nil {
+		return nil, err
+	}
+	msrs := bootMSRList(msrIndex)
+	for i := 0; i < cfg.VCPUs; i++ {
+		c, err := vm.vm.CreateVCPU(i)
+		if err != nil {
+			return nil, err
+		}
+		vm.vcpus = append(vm.vcpus, c)
+		if err := setupVCPU(c, entry, guestCPUID(supported, i, cfg.VCPUs, cfg.HideEmulatorUnsafe), msrs); err != nil {
+			return nil, fmt.Errorf("vCPU %d: %w", i, err)
+		}
+	}
+	return vm, nil
+}
+
+func (vm *VM) cmdline() string {
+	return strings.TrimSpace(vm.cfg.Cmdline)
+}
+
+func (vm *VM) addLegacyDevices() error {
+	vm.serial = devices.NewSerial(vm.cfg.Console, func() {
+		_ = vm.vm.IRQLine(arch.IRQCOM1, 1)
+		_ = vm.vm.IRQLine(arch.IRQCOM1, 0)
+	})
+	if err := vm.pio.Add(arch.PortCOM1, 8, vm.serial); err != nil {
+		return err
+	}
+	i8042 := &devices.I8042{Reset: func() { vm.stop(ErrReset) }}
+	if err := vm.pio.Add(arch.PortI8042Data, 5, i8042); err != nil {
+		return err
+	}
+	snap := &devices.SnapshotPort{Signal: func(v uint8) {
+		if vm.cfg.OnSnapshotPoint != nil {
+			vm.cfg.OnSnapshotPoint(v)
+		}
+	}}
+	return vm.pio.Add(arch.PortSnapshot, 1, snap)
+}
+
+// Memory returns guest memory (offset = guest physical address below the
+// MMIO gap).
+func (vm *VM) Memory() []byte { return vm.mem }
+
+// Run runs the vCPUs until the guest powers off or resets (nil), fails
+// (an *ExitError or another error), or ctx is done (ctx.Err()).
+func (vm *VM) Run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { vm.stop(ctx.Err()) })
+	defer stop()
+	var wg sync.WaitGroup
+	for _, c := range vm.vcpus {
+		wg.Add(1)
+		go func(c *kvm.VCPU) {
+			defer wg.Done()
+			if err := vm.runVCPU(c); err != nil {
+				vm.stop(err)
+			}
+		}(c)
+	}
+	<-vm.done
+	wg.Wait()
+	if errors.Is(vm.err, ErrReset) {
+		return nil
+	}
+	return vm.err
+}
+
+// stop ends the VM with err (the first one wins) and kicks every vCPU.
+func (vm *VM) stop(err error) {
+	vm.stopOnce.Do(func() {
+		vm.err = err
+		vm.stopping.Store(true)
+		close(vm.done)
+		for _, c := range vm.vcpus {
+			c.Kick()
+		}
+	})
+}
+
+func (vm *VM) exitError(c *kvm.VCPU, reason, detail string) error {
+	e := &ExitError{VCPU: c.ID, Reason: reason, Detail: detail}
+	e.Regs, _ = c.Regs()
+	e.Sregs, _ = c.Sregs()
+	return e
+}
+
+func (vm *VM) runVCPU(c *kvm.VCPU) error {
+	for {
+		if vm.stopping.Load() {
+			return nil
+		}
+		exit, err := c.Run()
+		if err != nil {
+			return fmt.Errorf("vCPU %d: %w", c.ID, err)
+		}
+		switch exit {
+		case kvm.ExitIO:
+			io := c.IOExit()
+			for i := 0; i < io.Count; i++ {
+				d := io.Data[i*io.Size : (i+1)*io.Size]
+				if io.Direction == kvm.IOOut {
+					vm.pio.Write(uint64(io.Port), d)
+				} else {
+					vm.pio.Read(uint64(io.Port), d)
+				}
+			}
+		case kvm.ExitMMIO:
+			m := c.MMIOExit()
+			if m.IsWrite {
+				vm.mmio.Write(m.Addr, m.Data)
+			} else {
+				vm.mmio.Read(m.Addr, m.Data)
+			}
+		case kvm.ExitIntr:
+			c.ClearKick()
+		case kvm.ExitHLT:
+			return nil // without an in-kernel irqchip; never here with one
+		case kvm.ExitShutdown:
+			return vm.exitError(c, "guest shut down (triple fault)", "")
+		case kvm.ExitSystemEvent:
+			switch c.SystemEvent() {
+			case 1: // KVM_SYSTEM_EVENT_SHUTDOWN
+				return ErrReset
+			case 2: // KVM_SYSTEM_EVENT_RESET
+				return ErrReset
+			}
+			return vm.exitError(c, "system event", fmt.Sprint(c.SystemEvent()))
+		case kvm.ExitInternalError:
+			sub, data := c.InternalError()
+			detail := fmt.Sprintf("suberror %d, data %#x", sub, data)
+			if sub == 1 {
+				detail = "emulation failure: the instruction emulator cannot run the instruction at rip (SSE/x87/XSAVE on a PVM host?); " + detail
+			}
+			return vm.exitError(c, "KVM internal error", detail)
+		case kvm.ExitFailEntry:
+			return vm.exitError(c, "VM entry failed", fmt.Sprintf("hardware reason %#x", c.FailEntry()))
+		default:
+			return vm.exitError(c, fmt.Sprintf("unhandled exit %d", exit), "")
+		}
+	}
+}
+
+// Close releases everything.
+func (vm *VM) Close() error {
+	for _, c := range vm.vcpus {
+		c.Close()
+	}
+	if vm.vm != nil {
+		vm.vm.Close()
+	}
+	if vm.mem != nil {
+		unix.Munmap(vm.mem)
+	}
+	if vm.sys != nil {
+		vm.sys.Close()
+	}
+	return nil
+}

@@ -1,0 +1,174 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/snapfaas/snapfaas/vmm/kvm"
+)
+
+func skipWithoutKVM(t *testing.T) {
+	t.Helper()
+	s, err := kvm.Open()
+	if err != nil {
+		t.Skipf("no KVM here: %v", err)
+	}
+	s.Close()
+}
+
+// asmGuest links a tiny 64-bit guest from assembly with gcc.
+func asmGuest(t *testing.T, body string) string {
+	t.Helper()
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skip("gcc not installed")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "g.S")
+	prog := `.code64
+.globl _start
+_start:
+` + body + `
+msg: .ascii "hello from the guest\n"
+msgend:
+`
+	if err := os.WriteFile(src, []byte(prog), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "g.elf")
+	if b, err := exec.Command("gcc", "-nostdlib", "-static", "-no-pie", "-Wl,-Ttext=0x200000", "-Wl,--build-id=none", "-o", out, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v: %s", err, b)
+	}
+	return out
+}
+
+// printAndReset writes msg to COM1, signals both snapshot points, then
+// resets through the i8042.
+const printAndReset = `
+	lea msg(%rip), %rsi
+	mov $(msgend-msg), %rcx
+	mov $0x3f8, %dx
+1:	lodsb
+	outb %al, %dx
+	loop 1b
+	mov $0x3f0, %dx
+	mov $123, %al
+	outb %al, %dx
+	mov $124, %al
+	outb %al, %dx
+	mov $0x64, %dx
+	mov $0xfe, %al
+	outb %al, %dx
+2:	jmp 2b
+`
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func runGuest(t *testing.T, cfg Config) (string, []uint8, error) {
+	t.Helper()
+	var console syncBuf
+	var points []uint8
+	cfg.Console = &console
+	cfg.HideEmulatorUnsafe = true
+	cfg.OnSnapshotPoint = func(v uint8) { points = append(points, v) }
+	vm, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err = vm.Run(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("guest hung; console: %q", console.String())
+	}
+	return console.String(), points, err
+}
+
+func TestBootELFPrintsAndResets(t *testing.T) {
+	skipWithoutKVM(t)
+	for _, n := range []int{1, 2} {
+		out, points, err := runGuest(t, Config{Kernel: asmGuest(t, printAndReset), MemMiB: 32, VCPUs: n})
+		if err != nil {
+			t.Fatalf("%d vCPUs: %v", n, err)
+		}
+		if out != "hello from the guest\n" {
+			t.Fatalf("console %q", out)
+		}
+		if len(points) != 2 || points[0] != 123 || points[1] != 124 {
+			t.Fatalf("snapshot points %v", points)
+		}
+	}
+}
+
+func TestTripleFaultIsReported(t *testing.T) {
+	skipWithoutKVM(t)
+	// An IDT of limit 0 makes any exception a triple fault.
+	guest := asmGuest(t, `
+	lea idtr(%rip), %rax
+	lidt (%rax)
+	ud2
+idtr: .word 0
+	.quad 0
+`)
+	_, _, err := runGuest(t, Config{Kernel: guest, MemMiB: 32})
+	var ee *ExitError
+	if !errors.As(err, &ee) || !strings.Contains(ee.Error(), "triple fault") || ee.Regs.RIP == 0 {
+		t.Fatalf("triple fault: %v", err)
+	}
+	t.Log(err)
+}
+
+func TestUnsupportedInstructionIsReported(t *testing.T) {
+	skipWithoutKVM(t)
+	// SSE without CR4.OSFXSR: #UD on hardware (a triple fault with no IDT),
+	// an emulation failure under PVM. Either way a clear error, not a hang.
+	guest := asmGuest(t, `
+	lea idtr(%rip), %rax
+	lidt (%rax)
+	pxor %xmm0, %xmm0
+idtr: .word 0
+	.quad 0
+`)
+	_, _, err := runGuest(t, Config{Kernel: guest, MemMiB: 32})
+	var ee *ExitError
+	if !errors.As(err, &ee) {
+		t.Fatalf("SSE guest: %v", err)
+	}
+	t.Log(err)
+}
+
+func TestConfigErrors(t *testing.T) {
+	if _, err := New(Config{Kernel: "/nonexistent/vmlinux"}); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("missing kernel: %v", err)
+	}
+	if _, err := New(Config{Kernel: "/etc/hostname", MemMiB: 8}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("tiny memory: %v", err)
+	}
+	skipWithoutKVM(t)
+	if _, err := New(Config{Kernel: "/etc/hostname"}); err == nil || !strings.Contains(err.Error(), "not an x86_64 ELF vmlinux or bzImage") {
+		t.Fatalf("not a kernel: %v", err)
+	}
+}

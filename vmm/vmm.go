@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/snapfaas/snapfaas/vmm/arch"
 	"github.com/snapfaas/snapfaas/vmm/devices"
 	"github.com/snapfaas/snapfaas/vmm/kvm"
+	"github.com/snapfaas/snapfaas/vmm/virtio"
 )
 
 // Sentinel errors.
@@ -47,6 +49,18 @@ type Config struct {
 	// OnSnapshotPoint is called on the vCPU thread when the guest writes
 	// to the snapshot port (123 boot done, 124 snapshot now).
 	OnSnapshotPoint func(value uint8)
+	// Disks are attached as virtio-blk devices, in order (rootfs first).
+	Disks []Disk
+	// Log receives device warnings (nil: slog.Default()).
+	Log *slog.Logger
+}
+
+// Disk is a virtio-blk disk backed by a file.
+type Disk struct {
+	Path     string
+	ReadOnly bool
+	// ID is the serial id the guest can read (e.g. "rootfs").
+	ID string
 }
 
 // VM is a running (or ready) microVM.
@@ -59,6 +73,9 @@ type VM struct {
 	pio    devices.Bus
 	mmio   devices.Bus
 	serial *devices.Serial
+	disks  []*virtio.Block
+	// virtio lists the virtio-mmio devices for the kernel command line.
+	virtio []string
 
 	stopOnce sync.Once
 	stopping atomic.Bool
@@ -131,6 +148,12 @@ func New(cfg Config) (_ *VM, err error) {
 		}
 	}
 
+	if err := vm.addLegacyDevices(); err != nil {
+		return nil, err
+	}
+	if err := vm.addVirtioDevices(); err != nil {
+		return nil, err
+	}
 	k, err := arch.LoadKernel(vm.mem, kf, kst.Size())
 	if err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", cfg.Kernel, err)
@@ -143,10 +166,6 @@ func New(cfg Config) (_ *VM, err error) {
 	}
 	entry, err := arch.SetupLongMode(vm.mem, k.Entry)
 	if err != nil {
-		return nil, err
-	}
-
-	if err := vm.addLegacyDevices(); err != nil {
 		return nil, err
 	}
 
@@ -173,7 +192,64 @@ func New(cfg Config) (_ *VM, err error) {
 }
 
 func (vm *VM) cmdline() string {
-	return strings.TrimSpace(vm.cfg.Cmdline)
+	return strings.TrimSpace(strings.Join(append([]string{vm.cfg.Cmdline}, vm.virtio...), " "))
+}
+
+// guestMemory gives devices bounds-checked access to guest memory.
+type guestMemory struct{ mem []byte }
+
+func (g guestMemory) Slice(addr uint64, n int) ([]byte, error) {
+	off := addr
+	if addr >= arch.MMIOGapEnd {
+		off = addr - (arch.MMIOGapEnd - arch.MMIOGapStart)
+	} else if addr+uint64(n) > arch.MMIOGapStart && addr < arch.MMIOGapEnd {
+		return nil, fmt.Errorf("guest range %#x+%d is in the MMIO gap", addr, n)
+	}
+	if n < 0 || off+uint64(n) > uint64(len(g.mem)) || off+uint64(n) < off {
+		return nil, fmt.Errorf("guest range %#x+%d is outside guest memory", addr, n)
+	}
+	return g.mem[off : off+uint64(n)], nil
+}
+
+// addVirtio puts a device behind a virtio-mmio transport at the next slot
+// and announces it on the command line.
+func (vm *VM) addVirtio(dev virtio.Device) error {
+	i := len(vm.virtio)
+	base := uint64(arch.VirtioMMIOBase + i*arch.VirtioMMIOSize)
+	irq := uint32(arch.VirtioIRQBase + i)
+	if irq > arch.IRQMax {
+		return fmt.Errorf("too many virtio devices: %w", ErrConfig)
+	}
+	t := virtio.NewMMIO(dev, guestMemory{vm.mem}, func() {
+		_ = vm.vm.IRQLine(irq, 1)
+		_ = vm.vm.IRQLine(irq, 0)
+	}, vm.log())
+	if err := vm.mmio.Add(base, arch.VirtioMMIOSize, t); err != nil {
+		return err
+	}
+	vm.virtio = append(vm.virtio, fmt.Sprintf("virtio_mmio.device=4K@%#x:%d", base, irq))
+	return nil
+}
+
+func (vm *VM) addVirtioDevices() error {
+	for _, d := range vm.cfg.Disks {
+		b, err := virtio.OpenBlock(d.Path, d.ReadOnly, d.ID)
+		if err != nil {
+			return err
+		}
+		vm.disks = append(vm.disks, b)
+		if err := vm.addVirtio(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (vm *VM) log() *slog.Logger {
+	if vm.cfg.Log != nil {
+		return vm.cfg.Log
+	}
+	return slog.Default()
 }
 
 func (vm *VM) addLegacyDevices() error {
@@ -300,6 +376,9 @@ func (vm *VM) runVCPU(c *kvm.VCPU) error {
 
 // Close releases everything.
 func (vm *VM) Close() error {
+	for _, d := range vm.disks {
+		d.Close()
+	}
 	for _, c := range vm.vcpus {
 		c.Close()
 	}

@@ -57,13 +57,23 @@ exit reason and registers are printed, exit 1) or is interrupted.`,
 			&cli.StringFlag{Name: "cmdline", Usage: "kernel command line (default: " + vmm.DefaultCmdline + ")"},
 			&cli.IntFlag{Name: "mem_size", Value: 128, Usage: "guest memory in `MiB`"},
 			&cli.IntFlag{Name: "vcpu_count", Value: 1, Usage: "number of vCPUs"},
+			&cli.StringFlag{Name: "rootfs", Usage: "root file system image `FILE` (virtio-blk, read-only)"},
+			&cli.StringFlag{Name: "appfs", Usage: "application image `FILE` (virtio-blk, read-only)"},
+			&cli.BoolFlag{Name: "rw", Usage: "attach the disks read-write"},
 			&cli.BoolFlag{Name: "hide_emulator_unsafe", Value: true, Usage: "hide CPU features KVM's instruction emulator cannot run (CX16, XSAVE, AVX, SSE3+)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return usageError{"vmm takes no arguments, only flags (see --help)"}
 			}
+			var disks []vmm.Disk
+			for _, d := range []struct{ flag, id string }{{"rootfs", "rootfs"}, {"appfs", "appfs"}} {
+				if p := c.String(d.flag); p != "" {
+					disks = append(disks, vmm.Disk{Path: p, ReadOnly: !c.Bool("rw"), ID: d.id})
+				}
+			}
 			vm, err := vmm.New(vmm.Config{
+				Disks:              disks,
 				Kernel:             c.String("kernel"),
 				Cmdline:            c.String("cmdline"),
 				MemMiB:             c.Int("mem_size"),

@@ -281,19 +281,42 @@ func ignoreGone(err error) error {
 const prefetchBatch = 64
 
 // prefetch installs the working set in recorded order, skipping pages that
-// faults installed first. It stops early when stop is closed.
+// faults installed first. Consecutive working-set entries that are
+// consecutive guest pages of one kind (data or zero) go in as one range:
+// one UFFDIO_COPY (from a staging buffer) or UFFDIO_ZEROPAGE per run, with
+// one wake per batch. Another goroutine decodes chunks ahead, so that with
+// a cold cache decompression overlaps installing. It stops early when stop
+// is closed.
 func (s *session) prefetch(stop <-chan struct{}) error {
 	start := time.Now()
 	ws := s.mem.WorkingSet
+	pages := s.mem.Pages()
+	go func() {
+		for _, wp := range ws {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if int64(wp) < pages {
+				_, _, _, _ = s.mem.Run(int64(wp))
+			}
+		}
+	}()
+
+	arena := make([]byte, 0, prefetchBatch*pageSize)
 	batch := make([]uffd.Page, 0, prefetchBatch)
-	pages := make([]int64, 0, prefetchBatch)
+	runs := make([][2]int64, 0, prefetchBatch) // first page, count per batch entry
+	queued := 0
 	flush := func() error {
 		for len(batch) > 0 {
 			n, res, err := s.u.InstallBatch(batch)
 			s.c.existed.Add(uint64(res.Existed / pageSize))
-			s.c.prefetched.Add(uint64(n))
-			s.markPages(pages[:n])
-			batch, pages = batch[n:], pages[n:]
+			for _, r := range runs[:n] {
+				s.c.prefetched.Add(uint64(r[1]))
+				s.markRange(r[0], r[0]+r[1])
+			}
+			batch, runs = batch[n:], runs[n:]
 			switch {
 			case errors.Is(err, uffd.ErrAgain):
 				if err := s.drain(); err != nil {
@@ -304,36 +327,59 @@ func (s *session) prefetch(stop <-chan struct{}) error {
 				return err
 			}
 		}
-		batch, pages = batch[:0], pages[:0]
+		batch, runs, arena, queued = batch[:0], runs[:0], arena[:0], 0
 		return nil
 	}
-	for _, wp := range ws {
+	missing := func(p int64) bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.state[p] == stMissing
+	}
+	for i := 0; i < len(ws); {
 		select {
 		case <-stop:
 			return nil
 		default:
 		}
-		p := int64(wp)
-		if p >= s.mem.Pages() {
+		p := int64(ws[i])
+		if p >= pages || !missing(p) {
+			i++
 			continue
 		}
-		s.mu.Lock()
-		st := s.state[p]
-		s.mu.Unlock()
-		if st != stMissing {
-			continue
-		}
-		addr, _, ok := s.hostAddr(p)
+		addr, r, ok := s.hostAddr(p)
 		if !ok {
+			i++
 			continue
 		}
-		pg, err := s.mem.Page(p)
-		if err != nil {
-			return fmt.Errorf("prefetch page %d: %w", p, err)
+		zero := s.mem.IsZero(p)
+		if !zero && len(arena)+pageSize > cap(arena) {
+			if err := flush(); err != nil {
+				return ignoreGone(err)
+			}
 		}
-		batch = append(batch, uffd.Page{Addr: addr, Data: pg})
-		pages = append(pages, p)
-		if len(batch) == prefetchBatch {
+		end := r.first + int64(r.size/pageSize)
+		n := int64(1)
+		for i+int(n) < len(ws) && int64(ws[i+int(n)]) == p+n && p+n < end && s.mem.IsZero(p+n) == zero && missing(p+n) &&
+			(zero || len(arena)+int(n+1)*pageSize <= cap(arena)) {
+			n++
+		}
+		if zero {
+			batch = append(batch, uffd.Page{Addr: addr, Len: uintptr(n) * pageSize})
+		} else {
+			off := len(arena)
+			for k := int64(0); k < n; k++ {
+				pg, err := s.mem.Page(p + k)
+				if err != nil {
+					return fmt.Errorf("prefetch page %d: %w", p+k, err)
+				}
+				arena = append(arena, pg...)
+			}
+			batch = append(batch, uffd.Page{Addr: addr, Data: arena[off:]})
+		}
+		runs = append(runs, [2]int64{p, n})
+		queued += int(n)
+		i += int(n)
+		if queued >= prefetchBatch || len(batch) == cap(batch) {
 			if err := flush(); err != nil {
 				return ignoreGone(err)
 			}
@@ -344,16 +390,6 @@ func (s *session) prefetch(stop <-chan struct{}) error {
 	}
 	s.c.prefetchDone.Store(int64(time.Since(start)))
 	return nil
-}
-
-func (s *session) markPages(ps []int64) {
-	s.mu.Lock()
-	for _, p := range ps {
-		if s.state[p] == stMissing {
-			s.state[p] = stInstalled
-		}
-	}
-	s.mu.Unlock()
 }
 
 // workingSet returns what to store as the new working set: the faults in

@@ -41,6 +41,8 @@ type session struct {
 	mu       sync.Mutex
 	state    []uint8 // per snapshot page
 	inWS     []bool
+	wsPos    []int32 // position of a page in the working set, or -1
+	arena    []byte  // staging buffer of the fault loop
 	recorded []uint32
 	seen     []bool // recorded pages
 }
@@ -63,9 +65,17 @@ func newSession(id string, h Handoff, u *uffd.FD, mem *pagestore.Memory) (*sessi
 	}
 	if h.Prefetch {
 		s.inWS = make([]bool, pages)
-		for _, p := range mem.WorkingSet {
-			s.inWS[p] = true
+		s.wsPos = make([]int32, pages)
+		for i := range s.wsPos {
+			s.wsPos[i] = -1
 		}
+		for i, p := range mem.WorkingSet {
+			if int64(p) < pages && !s.inWS[p] {
+				s.inWS[p] = true
+				s.wsPos[p] = int32(i)
+			}
+		}
+		s.arena = make([]byte, 0, faultAhead*pageSize)
 	}
 	if h.Record {
 		s.seen = make([]bool, pages)
@@ -255,6 +265,14 @@ func (s *session) fault(addr uintptr) error {
 	s.c.existed.Add(uint64(res.Existed / pageSize))
 	s.markRange(p, p+1)
 	s.c.latency.observe(time.Since(start))
+	if err == nil && s.wsPos != nil && s.wsPos[p] >= 0 {
+		// The guest is at this point of its working set: install what
+		// comes next before it asks (the waiting thread is awake already).
+		k := int(s.wsPos[p]) + 1
+		n, aerr := s.installWS(k, min(k+faultAhead, len(s.mem.WorkingSet)), s.arena)
+		s.c.prefetched.Add(uint64(n))
+		err = aerr
+	}
 	return ignoreGone(err)
 }
 
@@ -277,20 +295,21 @@ func ignoreGone(err error) error {
 	return err
 }
 
-// prefetchBatch is how many working-set pages one InstallBatch carries.
+// prefetchBatch is how many working-set entries one installWS call takes.
 const prefetchBatch = 64
 
+// faultAhead is how many working-set entries a fault on a working-set page
+// installs after it, so that a guest racing the prefetcher proceeds at
+// install speed instead of one fault per page.
+const faultAhead = 32
+
 // prefetch installs the working set in recorded order, skipping pages that
-// faults installed first. Consecutive working-set entries that are
-// consecutive guest pages of one kind (data or zero) go in as one range:
-// one UFFDIO_COPY (from a staging buffer) or UFFDIO_ZEROPAGE per run, with
-// one wake per batch. Another goroutine decodes chunks ahead, so that with
-// a cold cache decompression overlaps installing. It stops early when stop
-// is closed.
+// faults installed first. Another goroutine decodes chunks ahead, so that
+// with a cold cache decompression overlaps installing. It stops early when
+// stop is closed.
 func (s *session) prefetch(stop <-chan struct{}) error {
 	start := time.Now()
 	ws := s.mem.WorkingSet
-	pages := s.mem.Pages()
 	go func() {
 		for _, wp := range ws {
 			select {
@@ -298,49 +317,44 @@ func (s *session) prefetch(stop <-chan struct{}) error {
 				return
 			default:
 			}
-			if int64(wp) < pages {
+			if int64(wp) < s.mem.Pages() {
 				_, _, _, _ = s.mem.Run(int64(wp))
 			}
 		}
 	}()
-
 	arena := make([]byte, 0, prefetchBatch*pageSize)
-	batch := make([]uffd.Page, 0, prefetchBatch)
-	runs := make([][2]int64, 0, prefetchBatch) // first page, count per batch entry
-	queued := 0
-	flush := func() error {
-		for len(batch) > 0 {
-			n, res, err := s.u.InstallBatch(batch)
-			s.c.existed.Add(uint64(res.Existed / pageSize))
-			for _, r := range runs[:n] {
-				s.c.prefetched.Add(uint64(r[1]))
-				s.markRange(r[0], r[0]+r[1])
-			}
-			batch, runs = batch[n:], runs[n:]
-			switch {
-			case errors.Is(err, uffd.ErrAgain):
-				if err := s.drain(); err != nil {
-					return err
-				}
-				time.Sleep(50 * time.Microsecond)
-			case err != nil:
-				return err
-			}
-		}
-		batch, runs, arena, queued = batch[:0], runs[:0], arena[:0], 0
-		return nil
-	}
-	missing := func(p int64) bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.state[p] == stMissing
-	}
-	for i := 0; i < len(ws); {
+	for i := 0; i < len(ws); i += prefetchBatch {
 		select {
 		case <-stop:
 			return nil
 		default:
 		}
+		n, err := s.installWS(i, min(i+prefetchBatch, len(ws)), arena)
+		s.c.prefetched.Add(uint64(n))
+		if err != nil {
+			return ignoreGone(err)
+		}
+	}
+	s.c.prefetchDone.Store(int64(time.Since(start)))
+	return nil
+}
+
+// installWS installs the missing pages among working-set entries
+// [from, to), and returns how many it installed. Consecutive entries that
+// are consecutive guest pages of one kind (data or zero) go in as one
+// range: one waking UFFDIO_COPY (from arena, a staging buffer of at least
+// (to-from) pages) or UFFDIO_ZEROPAGE per run.
+func (s *session) installWS(from, to int, arena []byte) (int, error) {
+	ws := s.mem.WorkingSet
+	pages := s.mem.Pages()
+	arena = arena[:0]
+	missing := func(p int64) bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.state[p] == stMissing
+	}
+	installed := 0
+	for i := from; i < to; {
 		p := int64(ws[i])
 		if p >= pages || !missing(p) {
 			i++
@@ -352,44 +366,35 @@ func (s *session) prefetch(stop <-chan struct{}) error {
 			continue
 		}
 		zero := s.mem.IsZero(p)
-		if !zero && len(arena)+pageSize > cap(arena) {
-			if err := flush(); err != nil {
-				return ignoreGone(err)
-			}
-		}
 		end := r.first + int64(r.size/pageSize)
 		n := int64(1)
-		for i+int(n) < len(ws) && int64(ws[i+int(n)]) == p+n && p+n < end && s.mem.IsZero(p+n) == zero && missing(p+n) &&
-			(zero || len(arena)+int(n+1)*pageSize <= cap(arena)) {
+		for i+int(n) < to && int64(ws[i+int(n)]) == p+n && p+n < end && s.mem.IsZero(p+n) == zero && missing(p+n) {
 			n++
 		}
+		var res uffd.Result
+		var err error
 		if zero {
-			batch = append(batch, uffd.Page{Addr: addr, Len: uintptr(n) * pageSize})
+			res, err = s.retry(func() (uffd.Result, error) { return s.u.ZeroPage(addr, uintptr(n)*pageSize, 0) })
 		} else {
-			off := len(arena)
+			arena = arena[:0]
 			for k := int64(0); k < n; k++ {
 				pg, err := s.mem.Page(p + k)
 				if err != nil {
-					return fmt.Errorf("prefetch page %d: %w", p+k, err)
+					return installed, fmt.Errorf("working-set page %d: %w", p+k, err)
 				}
 				arena = append(arena, pg...)
 			}
-			batch = append(batch, uffd.Page{Addr: addr, Data: arena[off:]})
+			res, err = s.retry(func() (uffd.Result, error) { return s.u.Copy(addr, arena, 0) })
 		}
-		runs = append(runs, [2]int64{p, n})
-		queued += int(n)
+		s.c.existed.Add(uint64(res.Existed / pageSize))
+		if err != nil {
+			return installed, err
+		}
+		s.markRange(p, p+n)
+		installed += int(n)
 		i += int(n)
-		if queued >= prefetchBatch || len(batch) == cap(batch) {
-			if err := flush(); err != nil {
-				return ignoreGone(err)
-			}
-		}
 	}
-	if err := flush(); err != nil {
-		return ignoreGone(err)
-	}
-	s.c.prefetchDone.Store(int64(time.Since(start)))
-	return nil
+	return installed, nil
 }
 
 // workingSet returns what to store as the new working set: the faults in

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -153,5 +155,72 @@ func TestTestGuestFaultsAreReported(t *testing.T) {
 			t.Fatalf("fault=%s: %v\n%s", fault, err, out)
 		}
 		t.Logf("fault=%s: %v", fault, err)
+	}
+}
+
+func TestTestGuestAnswersVsockRequests(t *testing.T) {
+	skipWithoutKVM(t)
+	elf := buildTestGuest(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "v.sock")
+	cfg := testguest.DefaultConfig()
+	cfg.HeapMB = 1
+	// The guest connects to CID 2 port cfg.Port: <sock>_<port> here.
+	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", sock, cfg.Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var console syncBuf
+	vm, err := New(Config{Kernel: elf, Cmdline: cfg.Cmdline(), MemMiB: 64, Console: &console, HideEmulatorUnsafe: true,
+		Vsock: &Vsock{CID: 3, Path: sock}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- vm.Run(ctx) }()
+
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	var conn net.Conn
+	select {
+	case conn = <-accepted:
+	case err := <-done:
+		t.Fatalf("VM ended before connecting: %v\n%s", err, console.String())
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("the guest never connected\n%s", console.String())
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(3 * time.Minute))
+	heap := testguest.NewHeap(cfg.Seed, cfg.HeapMB)
+	pages := testguest.HeapPages(cfg.HeapMB)
+	for i := uint64(1); i <= 100; i++ {
+		req := testguest.TouchRequest(i, (i*37)%pages, 1+i%5, 1+i%3, i%4 == 0)
+		got, err := testguest.Call(conn, req)
+		if err != nil {
+			t.Fatalf("request %d: %v\n%s", i, err, console.String())
+		}
+		if want := heap.Apply(req); got != want {
+			t.Fatalf("request %d: got %+v, want %+v", i, got, want)
+		}
+	}
+	if _, err := testguest.Call(conn, testguest.ExitRequest(101)); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("VM after exit: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the guest did not power off after exit")
 	}
 }

@@ -51,8 +51,19 @@ type Config struct {
 	OnSnapshotPoint func(value uint8)
 	// Disks are attached as virtio-blk devices, in order (rootfs first).
 	Disks []Disk
+	// Vsock, if set, attaches a virtio-vsock device bridged to Unix
+	// sockets (Firecracker's hybrid vsock).
+	Vsock *Vsock
 	// Log receives device warnings (nil: slog.Default()).
 	Log *slog.Logger
+}
+
+// Vsock configures the virtio-vsock device: the guest's CID and the Unix
+// socket path for host-initiated connections ("CONNECT <port>\n"); guest
+// connections to CID 2 port P go to "<Path>_<P>".
+type Vsock struct {
+	CID  uint64
+	Path string
 }
 
 // Disk is a virtio-blk disk backed by a file.
@@ -74,6 +85,7 @@ type VM struct {
 	mmio   devices.Bus
 	serial *devices.Serial
 	disks  []*virtio.Block
+	vsock  *virtio.Vsock
 	// virtio lists the virtio-mmio devices for the kernel command line.
 	virtio []string
 
@@ -242,6 +254,20 @@ func (vm *VM) addVirtioDevices() error {
 			return err
 		}
 	}
+	if v := vm.cfg.Vsock; v != nil {
+		cid := v.CID
+		if cid == 0 {
+			cid = 3
+		}
+		dev, err := virtio.NewVsock(cid, v.Path, vm.log())
+		if err != nil {
+			return err
+		}
+		vm.vsock = dev
+		if err := vm.addVirtio(dev); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -378,6 +404,9 @@ func (vm *VM) runVCPU(c *kvm.VCPU) error {
 func (vm *VM) Close() error {
 	for _, d := range vm.disks {
 		d.Close()
+	}
+	if vm.vsock != nil {
+		vm.vsock.Close()
 	}
 	for _, c := range vm.vcpus {
 		c.Close()

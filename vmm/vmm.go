@@ -86,13 +86,22 @@ type VM struct {
 	serial *devices.Serial
 	disks  []*virtio.Block
 	vsock  *virtio.Vsock
+	// eventfds of the devices' irqfds
+	eventfds []int
 	// virtio lists the virtio-mmio devices for the kernel command line.
 	virtio []string
 
 	stopOnce sync.Once
 	stopping atomic.Bool
-	done     chan struct{}
-	err      error
+
+	// Pausing: vCPUs park outside KVM_RUN while paused is set.
+	pmu     sync.Mutex
+	pcond   *sync.Cond
+	paused  bool
+	parked  int
+	running int
+	done    chan struct{}
+	err     error
 }
 
 // New creates a VM: KVM objects, guest memory, the kernel and boot
@@ -128,6 +137,7 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	vm := &VM{cfg: cfg, sys: sys, done: make(chan struct{})}
+	vm.pcond = sync.NewCond(&vm.pmu)
 	defer func() {
 		if err != nil {
 			vm.Close()
@@ -232,10 +242,18 @@ func (vm *VM) addVirtio(dev virtio.Device) error {
 	if irq > arch.IRQMax {
 		return fmt.Errorf("too many virtio devices: %w", ErrConfig)
 	}
-	t := virtio.NewMMIO(dev, guestMemory{vm.mem}, func() {
-		_ = vm.vm.IRQLine(irq, 1)
-		_ = vm.vm.IRQLine(irq, 0)
-	}, vm.log())
+	// The device interrupts through an irqfd: a write to the eventfd
+	// raises the GSI in the in-kernel IOAPIC without a VM exit or ioctl.
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("eventfd: %w", err)
+	}
+	vm.eventfds = append(vm.eventfds, efd)
+	if err := vm.vm.IRQFD(efd, irq); err != nil {
+		return err
+	}
+	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
+	t := virtio.NewMMIO(dev, guestMemory{vm.mem}, func() { _, _ = unix.Write(efd, one) }, vm.log())
 	if err := vm.mmio.Add(base, arch.VirtioMMIOSize, t); err != nil {
 		return err
 	}
@@ -308,6 +326,9 @@ func (vm *VM) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { vm.stop(ctx.Err()) })
 	defer stop()
 	var wg sync.WaitGroup
+	vm.pmu.Lock()
+	vm.running = len(vm.vcpus)
+	vm.pmu.Unlock()
 	for _, c := range vm.vcpus {
 		wg.Add(1)
 		go func(c *kvm.VCPU) {
@@ -334,8 +355,60 @@ func (vm *VM) stop(err error) {
 		for _, c := range vm.vcpus {
 			c.Kick()
 		}
+		vm.pmu.Lock()
+		vm.pcond.Broadcast()
+		vm.pmu.Unlock()
 	})
 }
+
+// ErrStopped: the VM is not running.
+var ErrStopped = errors.New("VM is not running")
+
+// Pause stops every vCPU outside KVM_RUN (any I/O instruction in flight
+// completed: each vCPU re-enters KVM_RUN with immediate_exit first) and
+// returns when all are parked. vCPU, VM and device state can then be read
+// consistently; Resume lets them go on.
+func (vm *VM) Pause() error {
+	vm.pmu.Lock()
+	defer vm.pmu.Unlock()
+	if vm.stopping.Load() || vm.running == 0 {
+		return ErrStopped
+	}
+	vm.paused = true
+	for _, c := range vm.vcpus {
+		c.Kick()
+	}
+	for vm.parked < vm.running && !vm.stopping.Load() {
+		vm.pcond.Wait()
+	}
+	if vm.stopping.Load() {
+		return ErrStopped
+	}
+	return nil
+}
+
+// Resume lets paused vCPUs run again.
+func (vm *VM) Resume() {
+	vm.pmu.Lock()
+	vm.paused = false
+	vm.pcond.Broadcast()
+	vm.pmu.Unlock()
+}
+
+// park blocks a vCPU while the VM is paused.
+func (vm *VM) park() {
+	vm.pmu.Lock()
+	defer vm.pmu.Unlock()
+	for vm.paused && !vm.stopping.Load() {
+		vm.parked++
+		vm.pcond.Broadcast()
+		vm.pcond.Wait()
+		vm.parked--
+	}
+}
+
+// VCPUs returns the vCPUs, for reading their state while paused.
+func (vm *VM) VCPUs() []*kvm.VCPU { return vm.vcpus }
 
 func (vm *VM) exitError(c *kvm.VCPU, reason, detail string) error {
 	e := &ExitError{VCPU: c.ID, Reason: reason, Detail: detail}
@@ -345,10 +418,17 @@ func (vm *VM) exitError(c *kvm.VCPU, reason, detail string) error {
 }
 
 func (vm *VM) runVCPU(c *kvm.VCPU) error {
+	defer func() {
+		vm.pmu.Lock()
+		vm.running--
+		vm.pcond.Broadcast()
+		vm.pmu.Unlock()
+	}()
 	for {
 		if vm.stopping.Load() {
 			return nil
 		}
+		vm.park()
 		exit, err := c.Run()
 		if err != nil {
 			return fmt.Errorf("vCPU %d: %w", c.ID, err)
@@ -407,6 +487,9 @@ func (vm *VM) Close() error {
 	}
 	if vm.vsock != nil {
 		vm.vsock.Close()
+	}
+	for _, fd := range vm.eventfds {
+		unix.Close(fd)
 	}
 	for _, c := range vm.vcpus {
 		c.Close()

@@ -60,6 +60,8 @@ exit reason and registers are printed, exit 1) or is interrupted.`,
 			&cli.StringFlag{Name: "rootfs", Usage: "root file system image `FILE` (virtio-blk, read-only)"},
 			&cli.StringFlag{Name: "appfs", Usage: "application image `FILE` (virtio-blk, read-only)"},
 			&cli.BoolFlag{Name: "rw", Usage: "attach the disks read-write"},
+			&cli.StringFlag{Name: "vsock", Usage: "attach virtio-vsock with its host side at Unix socket `PATH` (guest connections to port P go to PATH_P)"},
+			&cli.UintFlag{Name: "cid", Value: 3, Usage: "the guest's vsock CID"},
 			&cli.BoolFlag{Name: "hide_emulator_unsafe", Value: true, Usage: "hide CPU features KVM's instruction emulator cannot run (CX16, XSAVE, AVX, SSE3+)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -72,8 +74,13 @@ exit reason and registers are printed, exit 1) or is interrupted.`,
 					disks = append(disks, vmm.Disk{Path: p, ReadOnly: !c.Bool("rw"), ID: d.id})
 				}
 			}
+			var vsock *vmm.Vsock
+			if p := c.String("vsock"); p != "" {
+				vsock = &vmm.Vsock{CID: uint64(c.Uint("cid")), Path: p}
+			}
 			vm, err := vmm.New(vmm.Config{
 				Disks:              disks,
+				Vsock:              vsock,
 				Kernel:             c.String("kernel"),
 				Cmdline:            c.String("cmdline"),
 				MemMiB:             c.Int("mem_size"),

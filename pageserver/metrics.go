@@ -50,26 +50,41 @@ func (m Metrics) String() string {
 		m.WSFaults, m.Existed, m.Removed, m.Decompressed, m.Recorded, m.Latency.Quantile(0.5), m.Latency.Quantile(0.99))
 }
 
-// histBuckets: bucket i counts latencies in [2^(i-1), 2^i) µs; bucket 0 is
-// under 1 µs; the last is everything from ~1 s on.
-const histBuckets = 22
+// Histogram buckets: one per microsecond below 64 µs (the range where the
+// fault-path targets live), then powers of two up to ~1 s.
+const (
+	histLinear  = 64
+	histBuckets = histLinear + 15
+)
 
-// Histogram is a power-of-two latency histogram in microseconds.
+// Histogram is a latency histogram in microseconds: bucket i < 64 counts
+// [i, i+1) µs; bucket 64+k counts [64·2^k, 64·2^(k+1)) µs; the last bucket
+// everything above.
 type Histogram struct {
-	Buckets [histBuckets]uint64 `json:"buckets_pow2_us"`
+	Buckets [histBuckets]uint64 `json:"buckets_us"`
 }
 
 // hist is the concurrent form of Histogram.
 type hist struct{ b [histBuckets]atomic.Uint64 }
 
-func (h *hist) observe(d time.Duration) {
+func bucketOf(d time.Duration) int {
 	us := uint64(d / time.Microsecond)
-	i := bits.Len64(us)
-	if i >= histBuckets {
-		i = histBuckets - 1
+	if us < histLinear {
+		return int(us)
 	}
-	h.b[i].Add(1)
+	i := histLinear + bits.Len64(us/histLinear) - 1
+	return min(i, histBuckets-1)
 }
+
+// bucketTop is the upper bound of bucket i.
+func bucketTop(i int) time.Duration {
+	if i < histLinear {
+		return time.Duration(i+1) * time.Microsecond
+	}
+	return time.Duration(uint64(histLinear)<<(i-histLinear+1)) * time.Microsecond
+}
+
+func (h *hist) observe(d time.Duration) { h.b[bucketOf(d)].Add(1) }
 
 func (h *hist) snapshot() Histogram {
 	var out Histogram
@@ -88,7 +103,8 @@ func (h Histogram) Count() uint64 {
 	return n
 }
 
-// Quantile returns an upper bound of the q-quantile (the top of its bucket).
+// Quantile returns an upper bound of the q-quantile (the top of its
+// bucket: exact to 1 µs below 64 µs).
 func (h Histogram) Quantile(q float64) time.Duration {
 	n := h.Count()
 	if n == 0 {
@@ -99,10 +115,10 @@ func (h Histogram) Quantile(q float64) time.Duration {
 	for i, c := range h.Buckets {
 		seen += c
 		if seen >= rank {
-			return time.Duration(uint64(1)<<i) * time.Microsecond
+			return bucketTop(i)
 		}
 	}
-	return time.Duration(uint64(1)<<(histBuckets-1)) * time.Microsecond
+	return bucketTop(histBuckets - 1)
 }
 
 // counters are a session's live metrics.
@@ -110,4 +126,39 @@ type counters struct {
 	faults, zeroFaults, around, prefetched, wsFaults, existed, removed, decompressed atomic.Uint64
 	prefetchDone                                                                     atomic.Int64
 	latency                                                                          hist
+}
+
+// BucketBounds returns the range [lo, hi) bucket i covers.
+func BucketBounds(i int) (lo, hi time.Duration) {
+	if i > 0 {
+		_, lo = BucketBounds(i - 1)
+	}
+	return lo, bucketTop(i)
+}
+
+// QuantileBucket returns the bounds of the bucket holding the q-quantile.
+func (h Histogram) QuantileBucket(q float64) (lo, hi time.Duration) {
+	top := h.Quantile(q)
+	for i := 0; i < histBuckets; i++ {
+		if bucketTop(i) == top {
+			return BucketBounds(i)
+		}
+	}
+	return 0, top
+}
+
+// Below returns the share of observations in buckets that end at or
+// below d.
+func (h Histogram) Below(d time.Duration) float64 {
+	n := h.Count()
+	if n == 0 {
+		return 0
+	}
+	var c uint64
+	for i, v := range h.Buckets {
+		if bucketTop(i) <= d {
+			c += v
+		}
+	}
+	return float64(c) / float64(n)
 }

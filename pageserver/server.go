@@ -26,7 +26,7 @@ type Server struct {
 	log   *slog.Logger
 
 	memMu sync.Mutex
-	mems  map[string]*pagestore.Memory // resolved snapshots, shared by sessions
+	mems  map[string]*memEntry // resolved snapshots, shared by sessions
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -47,7 +47,7 @@ func New(store *pagestore.Store, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{store: store, log: log, mems: map[string]*pagestore.Memory{}, sessions: map[*session]struct{}{}}
+	return &Server{store: store, log: log, mems: map[string]*memEntry{}, sessions: map[*session]struct{}{}}
 }
 
 // Serve accepts clients on ln until ctx is done or ln fails. bound is the
@@ -92,19 +92,27 @@ func (s *Server) Metrics() []Metrics {
 	return append(out, s.finished...)
 }
 
-// memory returns snapshot name resolved, from the server's cache.
+type memEntry struct {
+	once sync.Once
+	m    *pagestore.Memory
+	err  error
+}
+
+// memory returns snapshot name resolved, from the server's cache. Handoffs
+// for other snapshots do not wait while one is being resolved.
 func (s *Server) memory(name string) (*pagestore.Memory, error) {
 	s.memMu.Lock()
-	defer s.memMu.Unlock()
-	if m := s.mems[name]; m != nil {
-		return m, nil
+	e := s.mems[name]
+	if e == nil {
+		e = &memEntry{}
+		s.mems[name] = e
 	}
-	m, err := s.store.OpenMemory(name)
-	if err != nil {
-		return nil, err
+	s.memMu.Unlock()
+	e.once.Do(func() { e.m, e.err = s.store.OpenMemory(name) })
+	if e.err != nil {
+		s.forget(name)
 	}
-	s.mems[name] = m
-	return m, nil
+	return e.m, e.err
 }
 
 func (s *Server) forget(name string) {

@@ -93,16 +93,18 @@ func (s *session) lookup(addr uintptr) (*region, int64, bool) {
 	return r, r.first + int64((addr-r.base)/pageSize), true
 }
 
-// hostAddrs returns the host addresses of snapshot page p (a page may be
-// mapped by more than one region, though VMMs map each once).
-func (s *session) hostAddr(p int64) (uintptr, *region, bool) {
-	for i := range s.regions {
-		r := &s.regions[i]
+// hostAddr returns the host address of snapshot page p and a copy of its
+// region (a page may be mapped by more than one region, though VMMs map
+// each once). Regions change on REMAP events, so it takes the lock.
+func (s *session) hostAddr(p int64) (uintptr, region, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.regions {
 		if p >= r.first && p < r.first+int64(r.size/pageSize) {
 			return r.base + uintptr(p-r.first)*pageSize, r, true
 		}
 	}
-	return 0, nil, false
+	return 0, region{}, false
 }
 
 // handle processes a batch of events from the uffd.
@@ -169,8 +171,8 @@ func (s *session) drain() error {
 		}
 		for _, e := range buf[:n] {
 			if e.Kind == uffd.EventPagefault {
-				// Served after the current install succeeds; the
-				// retry loop below re-reads nothing else first.
+				// Served when drain returns, before the caller
+				// retries its own install.
 				defer func(a uintptr) { _ = s.fault(a) }(e.Address)
 				continue
 			}
@@ -201,7 +203,11 @@ func (s *session) fault(addr uintptr) error {
 	start := time.Now()
 	addr &^= pageSize - 1
 	s.mu.Lock()
-	r, p, ok := s.lookup(addr)
+	rp, p, ok := s.lookup(addr)
+	var r region
+	if ok {
+		r = *rp
+	}
 	if !ok {
 		s.mu.Unlock()
 		// Not in any region we were told about: wake the thread with a
@@ -318,7 +324,9 @@ func (s *session) prefetch(stop <-chan struct{}) error {
 			default:
 			}
 			if int64(wp) < s.mem.Pages() {
-				_, _, _, _ = s.mem.Run(int64(wp))
+				if _, _, decoded, err := s.mem.Run(int64(wp)); err == nil {
+					s.c.decompressed.Add(uint64(decoded))
+				}
 			}
 		}
 	}()
@@ -391,7 +399,7 @@ func (s *session) installWS(from, to int, arena []byte) (int, error) {
 			return installed, err
 		}
 		s.markRange(p, p+n)
-		installed += int(n)
+		installed += int(n) - int(res.Existed/pageSize)
 		i += int(n)
 	}
 	return installed, nil

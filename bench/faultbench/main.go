@@ -47,6 +47,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	perf "github.com/snapfaas/snapfaas/bench/report"
 	"io"
 	"log/slog"
 	"math"
@@ -99,20 +100,6 @@ func main() {
 	}
 }
 
-// sizeFlag is a flag.Value holding a byte count parsed by parseSize.
-type sizeFlag int64
-
-func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
-
-func (s *sizeFlag) Set(v string) error {
-	n, err := parseSize(v)
-	if err != nil {
-		return err
-	}
-	*s = sizeFlag(n)
-	return nil
-}
-
 type params struct {
 	size    int64
 	heap    int64
@@ -128,8 +115,8 @@ type params struct {
 func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("faultbench", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	size := sizeFlag(128 << 20)
-	heap := sizeFlag(corpus.DefaultHeapSize)
+	size := perf.Size(128 << 20)
+	heap := perf.Size(corpus.DefaultHeapSize)
 	fs.Var(&size, "size", "guest memory size (e.g. 128M); multiple of 4096")
 	fs.Var(&heap, "heap", "approximate python live heap to build before capture")
 	ws := fs.Float64("ws", 15, "working set size, percent of the guest's pages")
@@ -261,7 +248,7 @@ func bench(p params, stdout, stderr io.Writer) error {
 	rep := newReport(p, e, r)
 	rep.text(stdout)
 	if p.out != "" {
-		if err := writeSection(p.out, rep.markdown()); err != nil {
+		if err := perf.WriteSection(p.out, rep.markdown()); err != nil {
 			return err
 		}
 		logf("wrote %q to %s", sectionTitle, p.out)

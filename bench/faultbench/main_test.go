@@ -160,22 +160,6 @@ func TestSummarize(t *testing.T) {
 	}
 }
 
-func TestReplaceSection(t *testing.T) {
-	sec := sectionTitle + "\n\nnew\n"
-	for _, tc := range []struct{ name, doc, want string }{
-		{"empty", "", sec},
-		{"header only", "# Performance\n", "# Performance\n\n" + sec},
-		{"append", "# Performance\n\n## Other\n\nx\n", "# Performance\n\n## Other\n\nx\n\n" + sec},
-		{"replace last", "# Performance\n\n" + sectionTitle + "\n\nold\n", "# Performance\n\n" + sec},
-		{"replace middle", "# P\n\n" + sectionTitle + "\n\nold\n### sub\nold\n\n## Next\n\ny\n", "# P\n\n" + sec + "\n## Next\n\ny\n"},
-		{"heading in code fence", "# P\n\n" + sectionTitle + "\n\n```\n## not a heading\n```\n\n## Next\n", "# P\n\n" + sec + "\n## Next\n"},
-	} {
-		if got := replaceSection(tc.doc, sec); got != tc.want {
-			t.Errorf("%s: got\n%q\nwant\n%q", tc.name, got, tc.want)
-		}
-	}
-}
-
 func TestBadFlags(t *testing.T) {
 	for _, args := range [][]string{{"-size", "4097"}, {"-ws", "0"}, {"-ws", "101"}, {"-rounds", "0"}, {"extra"}, {"-nope"}} {
 		if err := run(args, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {

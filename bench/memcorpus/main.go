@@ -16,11 +16,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/snapfaas/snapfaas/bench/report"
 	"io"
 	"math"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/snapfaas/snapfaas/bench/corpus"
@@ -33,27 +32,13 @@ func main() {
 	}
 }
 
-// sizeFlag is a flag.Value holding a byte count parsed by parseSize.
-type sizeFlag int64
-
-func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
-
-func (s *sizeFlag) Set(v string) error {
-	n, err := parseSize(v)
-	if err != nil {
-		return err
-	}
-	*s = sizeFlag(n)
-	return nil
-}
-
 const usage = "memcorpus [-size 128M] [-heap 32M] [-gap 4] [-timeout 2m] [-synthetic -seed N] OUT"
 
 func run(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("memcorpus", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are reported once, by main
-	size := sizeFlag(128 << 20)
-	heap := sizeFlag(corpus.DefaultHeapSize)
+	size := report.Size(128 << 20)
+	heap := report.Size(corpus.DefaultHeapSize)
 	fs.Var(&size, "size", "image size (e.g. 128M, 64MiB, 1G or bytes); multiple of 4096")
 	fs.Var(&heap, "heap", "approximate python live heap to build before capture")
 	gap := fs.Int("gap", corpus.DefaultGapPages, "zero pages between captured regions")
@@ -122,40 +107,4 @@ func write(f *os.File, size, heap int64, gap int, timeout time.Duration, synthet
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	return corpus.CapturePython(ctx, f, size, corpus.WithHeapSize(heap), corpus.WithGapPages(gap))
-}
-
-// parseSize parses a byte count: plain digits or digits with a binary
-// suffix (K, KB, KiB, M, MB, MiB, G, GB, GiB, T, TB, TiB; case-insensitive).
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	i := 0
-	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
-		i++
-	}
-	if i == 0 {
-		return 0, fmt.Errorf("invalid size %q: want bytes or a number with K/M/G/T suffix", s)
-	}
-	n, err := strconv.ParseInt(t[:i], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("invalid size %q: %w", s, err)
-	}
-	var shift uint
-	switch strings.ToLower(strings.TrimSpace(t[i:])) {
-	case "", "b":
-		shift = 0
-	case "k", "kb", "kib":
-		shift = 10
-	case "m", "mb", "mib":
-		shift = 20
-	case "g", "gb", "gib":
-		shift = 30
-	case "t", "tb", "tib":
-		shift = 40
-	default:
-		return 0, fmt.Errorf("invalid size %q: unknown suffix %q (want K, M, G or T)", s, t[i:])
-	}
-	if n > math.MaxInt64>>shift {
-		return 0, fmt.Errorf("invalid size %q: too large", s)
-	}
-	return n << shift, nil
 }

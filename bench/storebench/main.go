@@ -29,6 +29,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/snapfaas/snapfaas/bench/report"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -54,20 +55,6 @@ func main() {
 		fmt.Fprintf(os.Stderr, "storebench: %v\n", err)
 		os.Exit(1)
 	}
-}
-
-// sizeFlag is a flag.Value holding a byte count parsed by parseSize.
-type sizeFlag int64
-
-func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
-
-func (s *sizeFlag) Set(v string) error {
-	n, err := parseSize(v)
-	if err != nil {
-		return err
-	}
-	*s = sizeFlag(n)
-	return nil
 }
 
 type params struct {
@@ -194,8 +181,8 @@ type env struct {
 func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("storebench", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	size := sizeFlag(128 << 20)
-	heap := sizeFlag(corpus.DefaultHeapSize)
+	size := report.Size(128 << 20)
+	heap := report.Size(corpus.DefaultHeapSize)
 	fs.Var(&size, "size", "guest memory image size (e.g. 128M); multiple of 4096")
 	fs.Var(&heap, "heap", "approximate python live heap to build before capture")
 	reads := fs.Int("reads", 20000, "random page reads per pass (at most the number of non-zero pages)")
@@ -280,7 +267,7 @@ func bench(p params, stdout, stderr io.Writer) error {
 	printHuman(stdout, p, e, base, results, elapsed)
 	if p.out != "" {
 		sec := markdownSection(p, e, base, results, elapsed)
-		if err := writeSection(p.out, sec); err != nil {
+		if err := report.WriteSection(p.out, sec); err != nil {
 			return err
 		}
 		logf("wrote %q to %s", sectionTitle, p.out)
@@ -1105,100 +1092,4 @@ func markdownSection(p params, e *env, b baseline, rs []*result, elapsed time.Du
 		fmt.Fprintf(&w, "- %s\n", c)
 	}
 	return w.String()
-}
-
-// writeSection puts sec (which starts with its "## " title line) into the
-// markdown file at path: it replaces the section with the same title, up to
-// the next "## " heading, or appends it; a missing file is created with a
-// "# Performance" header.
-func writeSection(path, sec string) error {
-	old, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		old, err = []byte("# Performance\n"), nil
-	}
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(path, []byte(replaceSection(string(old), sec)), 0o644)
-}
-
-func replaceSection(doc, sec string) string {
-	title := strings.SplitN(sec, "\n", 2)[0]
-	sec = strings.TrimRight(sec, "\n") + "\n"
-	lines := strings.SplitAfter(doc, "\n")
-	start := -1
-	inFence := false
-	for i, l := range lines {
-		t := strings.TrimRight(l, "\r\n")
-		if strings.HasPrefix(t, "```") {
-			inFence = !inFence
-		}
-		if !inFence && strings.TrimSpace(t) == title {
-			start = i
-			break
-		}
-	}
-	if start < 0 {
-		doc = strings.TrimRight(doc, "\n")
-		if doc == "" {
-			return sec
-		}
-		return doc + "\n\n" + sec
-	}
-	end := len(lines)
-	inFence = false
-	for i := start + 1; i < len(lines); i++ {
-		t := strings.TrimRight(lines[i], "\r\n")
-		if strings.HasPrefix(t, "```") {
-			inFence = !inFence
-		}
-		if !inFence && (strings.HasPrefix(t, "## ") || strings.HasPrefix(t, "# ")) {
-			end = i
-			break
-		}
-	}
-	before := strings.Join(lines[:start], "")
-	after := strings.Join(lines[end:], "")
-	if after != "" {
-		sec += "\n"
-	}
-	return before + sec + after
-}
-
-// parseSize parses a byte count: plain digits or digits with a binary
-// suffix (K, KB, KiB, M, MB, MiB, G, GB, GiB, T, TB, TiB; case-insensitive).
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	i := 0
-	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
-		i++
-	}
-	if i == 0 {
-		return 0, fmt.Errorf("invalid size %q: want bytes or a number with K/M/G/T suffix", s)
-	}
-	n, err := strconv.ParseInt(t[:i], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("invalid size %q: %w", s, err)
-	}
-	var shift uint
-	switch strings.ToLower(strings.TrimSpace(t[i:])) {
-	case "", "b":
-	case "k", "kb", "kib":
-		shift = 10
-	case "m", "mb", "mib":
-		shift = 20
-	case "g", "gb", "gib":
-		shift = 30
-	case "t", "tb", "tib":
-		shift = 40
-	default:
-		return 0, fmt.Errorf("invalid size %q: unknown suffix %q (want K, M, G or T)", s, t[i:])
-	}
-	if n > math.MaxInt64>>shift {
-		return 0, fmt.Errorf("invalid size %q: too large", s)
-	}
-	return n << shift, nil
 }

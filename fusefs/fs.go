@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -141,11 +142,15 @@ func (d *imagesDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 }
 
 // imageFile is a disk image as a regular file of its exact size. Reads
-// decompress only the chunks they cover.
+// decompress only the chunks they cover; a sequential reader gets the
+// following chunks decoded ahead.
 type imageFile struct {
 	fs.Inode
 	v    *view
 	info catalog.ImageInfo
+
+	mu  sync.Mutex
+	img *pagestore.Image // resolved on first open; content is immutable
 }
 
 var (
@@ -172,23 +177,44 @@ func (f *imageFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	img, err := f.v.s.OpenImage(f.info.Name)
-	if err != nil {
-		return nil, 0, errno(f.v, "images/"+f.info.Name, err)
-	}
-	if !img.Info.Created.Equal(f.info.Created) {
-		return nil, 0, syscall.ESTALE // removed and imported again under this name
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.img == nil {
+		img, err := f.v.s.OpenImage(f.info.Name)
+		if err != nil {
+			return nil, 0, errno(f.v, "images/"+f.info.Name, err)
+		}
+		if !img.Info.Created.Equal(f.info.Created) {
+			return nil, 0, syscall.ESTALE // removed and imported again under this name
+		}
+		f.img = img
 	}
 	// Immutable content: keep the kernel's page cache across opens.
-	return &imageHandle{img: img}, fuse.FOPEN_KEEP_CACHE, 0
+	return &imageHandle{img: f.img}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
-type imageHandle struct{ img *pagestore.Image }
+// readAhead is how many chunks past a sequential read are decoded ahead.
+const readAhead = 4
+
+type imageHandle struct {
+	img  *pagestore.Image
+	mu   sync.Mutex
+	next int64 // offset a sequential reader asks for next
+}
 
 func (f *imageFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	h, ok := fh.(*imageHandle)
 	if !ok {
 		return nil, syscall.EBADF
+	}
+	h.mu.Lock()
+	sequential := off == h.next
+	h.next = off + int64(len(dest))
+	h.mu.Unlock()
+	if sequential {
+		// Decode the chunks after this read on another goroutine while
+		// this one is served: decompression is the cold path's cost.
+		h.img.Prefetch(off+int64(len(dest)), int64(readAhead*f.info.ChunkSize))
 	}
 	n, err := h.img.ReadAt(dest, off)
 	if err != nil && n == 0 && off >= h.img.Size() {

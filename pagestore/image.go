@@ -218,6 +218,28 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// Prefetch decodes, in the background, the chunks covering [off, off+n)
+// that are not cached yet, so that a sequential reader finds them ready.
+func (img *Image) Prefetch(off, n int64) {
+	cs := int64(img.Info.ChunkSize)
+	first, last := off/cs, (min(off+n, img.Info.Size)-1)/cs
+	var todo []chunkRef
+	for i := max(first, 0); i <= last && i < int64(len(img.chunks)); i++ {
+		c := img.chunks[i]
+		if !c.h.IsZero() && !img.s.cached(c.h) {
+			todo = append(todo, c)
+		}
+	}
+	if len(todo) == 0 {
+		return
+	}
+	go func() {
+		for _, c := range todo {
+			_, _ = img.s.Chunk(c.h, c.loc)
+		}
+	}()
+}
+
 // ZeroChunk reports whether the chunk holding offset off is a zero chunk.
 func (img *Image) ZeroChunk(off int64) bool {
 	i := off / int64(img.Info.ChunkSize)

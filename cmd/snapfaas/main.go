@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -62,6 +63,7 @@ exit reason and registers are printed, exit 1) or is interrupted.`,
 			&cli.BoolFlag{Name: "rw", Usage: "attach the disks read-write"},
 			&cli.StringFlag{Name: "vsock", Usage: "attach virtio-vsock with its host side at Unix socket `PATH` (guest connections to port P go to PATH_P)"},
 			&cli.UintFlag{Name: "cid", Value: 3, Usage: "the guest's vsock CID"},
+			&cli.StringFlag{Name: "console", Usage: "write the serial console to `FILE` instead of stdout"},
 			&cli.BoolFlag{Name: "hide_emulator_unsafe", Value: true, Usage: "hide CPU features KVM's instruction emulator cannot run (CX16, XSAVE, AVX, SSE3+)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -78,6 +80,15 @@ exit reason and registers are printed, exit 1) or is interrupted.`,
 			if p := c.String("vsock"); p != "" {
 				vsock = &vmm.Vsock{CID: uint64(c.Uint("cid")), Path: p}
 			}
+			var console io.Writer = os.Stdout
+			if p := c.String("console"); p != "" {
+				f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+				if err != nil {
+					return fmt.Errorf("--console: %w", err)
+				}
+				defer f.Close()
+				console = f
+			}
 			vm, err := vmm.New(vmm.Config{
 				Disks:              disks,
 				Vsock:              vsock,
@@ -85,7 +96,7 @@ exit reason and registers are printed, exit 1) or is interrupted.`,
 				Cmdline:            c.String("cmdline"),
 				MemMiB:             c.Int("mem_size"),
 				VCPUs:              c.Int("vcpu_count"),
-				Console:            os.Stdout,
+				Console:            console,
 				HideEmulatorUnsafe: c.Bool("hide_emulator_unsafe"),
 			})
 			if err != nil {

@@ -18,6 +18,12 @@ if ((${#need[@]})); then
 	fi
 fi
 
+# The FUSE benchmark's test compares against squashfuse; install its tools
+# (idempotent, root only; the test skips with the reason without them).
+if [ "$(id -u)" = 0 ] && [ -x scripts/fusebench-deps.sh ]; then
+	scripts/fusebench-deps.sh >/dev/null 2>&1 || echo "test.sh: could not install the FUSE benchmark's tools; its test will skip" >&2
+fi
+
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
 	echo "test.sh: gofmt needed on:" $unformatted >&2

@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	perf "github.com/snapfaas/snapfaas/bench/report"
 	"io"
 	"math"
 	"os"
@@ -11,7 +12,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/snapfaas/snapfaas/pageserver"
@@ -200,41 +200,13 @@ func histCell(h pageserver.Histogram) string {
 	return f(0.5) + " / " + f(0.99)
 }
 
-// table is a header row and data rows, rendered as markdown or aligned text.
-type table struct {
-	head []string
-	rows [][]string
-}
-
-func (t table) markdown(w io.Writer) {
-	fmt.Fprintf(w, "| %s |\n", strings.Join(t.head, " | "))
-	seps := make([]string, len(t.head))
-	for i := range seps {
-		seps[i] = "---"
-		if i > 1 {
-			seps[i] = "---:"
-		}
-	}
-	fmt.Fprintf(w, "|%s|\n", strings.Join(seps, "|"))
-	for _, r := range t.rows {
-		fmt.Fprintf(w, "| %s |\n", strings.Join(r, " | "))
-	}
-}
-
-func (t table) text(w io.Writer) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%s\t\n", strings.Join(t.head, "\t"))
-	for _, r := range t.rows {
-		fmt.Fprintf(tw, "%s\t\n", strings.Join(r, "\t"))
-	}
-	tw.Flush()
-}
+type table = perf.Table
 
 func (rp *report) faultAllTable() table {
 	e, n := rp.e, rp.p.rounds
-	t := table{head: []string{"fault-all (" + strconv.FormatInt(e.pages, 10) + " pages)", "cache", "wall ms", "µs/page", "MB/s", "× read file", "× anon write", "handoff ms"}}
+	t := table{Head: []string{"fault-all (" + strconv.FormatInt(e.pages, 10) + " pages)", "cache", "wall ms", "µs/page", "MB/s", "× read file", "× anon write", "handoff ms"}}
 	row := func(name, cache string, s spread, handoff string) {
-		t.rows = append(t.rows, []string{name, cache, msSpread(s, n),
+		t.Rows = append(t.Rows, []string{name, cache, msSpread(s, n),
 			us(s.med / time.Duration(e.pages)),
 			fmt.Sprintf("%.0f", float64(e.size)/1e6/s.med.Seconds()),
 			times(ratio(s.med, rp.readFile.med)), times(ratio(s.med, rp.anonW.med)), handoff})
@@ -248,15 +220,15 @@ func (rp *report) faultAllTable() table {
 }
 
 func (rp *report) latencyTable() table {
-	t := table{head: []string{"touch latency", "cache", "client per-touch p50 / p99 / mean µs", "samples", "server fault service p50 / p99 µs (bucket)", "server faults < 4 µs / < 8 µs", "server faults"}}
-	t.rows = append(t.rows, []string{"anonymous mmap, first write", "-",
+	t := table{Head: []string{"touch latency", "cache", "client per-touch p50 / p99 / mean µs", "samples", "server fault service p50 / p99 µs (bucket)", "server faults < 4 µs / < 8 µs", "server faults"}}
+	t.Rows = append(t.Rows, []string{"anonymous mmap, first write", "-",
 		us(rp.anonLat.p50) + " / " + us(rp.anonLat.p99) + " / " + us(rp.anonLat.mean), strconv.Itoa(rp.anonLat.n), "-", "-", "-"})
 	for _, c := range []struct {
 		cache string
 		l     lat
 		h     pageserver.Histogram
 	}{{"cold", rp.coldLat, rp.coldHist}, {"warm", rp.warmLat, rp.warmHist}} {
-		t.rows = append(t.rows, []string{"uffd lazy fault-all", c.cache,
+		t.Rows = append(t.Rows, []string{"uffd lazy fault-all", c.cache,
 			us(c.l.p50) + " / " + us(c.l.p99) + " / " + us(c.l.mean), strconv.Itoa(c.l.n),
 			histCell(c.h), pct(below(c.h, 4*time.Microsecond)) + " / " + pct(below(c.h, 8*time.Microsecond)),
 			strconv.FormatUint(c.h.Count(), 10)})
@@ -266,7 +238,7 @@ func (rp *report) latencyTable() table {
 
 func (rp *report) wsTable() table {
 	n := rp.p.rounds
-	t := table{head: []string{"working set (" + strconv.Itoa(len(rp.e.ws)) + " pages)", "cache", "handoff → all touched ms", "lazy ÷ this", "WS pages faulted", "installed before touch", "prefetch done ms (server)", "prefetch seen done ms (client)", "touch phase ms", "raced (existed)", "fault-around pages", "server fault p50 / p99 µs"}}
+	t := table{Head: []string{"working set (" + strconv.Itoa(len(rp.e.ws)) + " pages)", "cache", "handoff → all touched ms", "lazy ÷ this", "WS pages faulted", "installed before touch", "prefetch done ms (server)", "prefetch seen done ms (client)", "touch phase ms", "raced (existed)", "fault-around pages", "server fault p50 / p99 µs"}}
 	lazy := rp.lazyWS()
 	for _, row := range rp.ws {
 		for _, c := range []struct {
@@ -282,7 +254,7 @@ func (rp *report) wsTable() table {
 			if row.mode.wait {
 				waitCell = msSpread(s.wait, n)
 			}
-			t.rows = append(t.rows, []string{row.mode.name, c.cache, msSpread(s.total, n),
+			t.Rows = append(t.Rows, []string{row.mode.name, c.cache, msSpread(s.total, n),
 				times(ratio(c.lazy.total.med, s.total.med)), pct(s.faulted), pct(1 - s.faulted),
 				doneCell, waitCell, msSpread(s.touch, n),
 				fmt.Sprintf("%.0f", s.existed), fmt.Sprintf("%.0f", s.around), histCell(s.hist)})
@@ -447,11 +419,11 @@ func (rp *report) text(w io.Writer) {
 	fmt.Fprintf(w, "store: default granularity (%d KiB) and codec, %d chunks, %.1f MiB stored; working set %d pages (%d zero) in %d runs\n",
 		pagestore.DefaultGranularity>>10, rp.e.chunks, float64(rp.e.stored)/(1<<20), len(rp.e.ws), rp.e.wsZero, rp.e.wsRuns)
 	fmt.Fprintf(w, "machine: %s\ninterference: %s\n\n", machine(), rp.interference())
-	rp.faultAllTable().text(w)
+	rp.faultAllTable().Text(w)
 	fmt.Fprintln(w)
-	rp.latencyTable().text(w)
+	rp.latencyTable().Text(w)
 	fmt.Fprintln(w)
-	rp.wsTable().text(w)
+	rp.wsTable().Text(w)
 	fmt.Fprintln(w)
 	for _, c := range rp.conclusions() {
 		fmt.Fprintf(w, "- %s\n", c)
@@ -475,11 +447,11 @@ func (rp *report) markdown() string {
 	fmt.Fprintf(&w, "- Working set: %d pages (%.1f%%, seed %d), %d zero, %d runs\n\n", len(e.ws), 100*float64(len(e.ws))/float64(e.pages), rp.p.seed, e.wsZero, e.wsRuns)
 	w.WriteString(rp.method())
 	w.WriteString("\n\n")
-	rp.faultAllTable().markdown(&w)
+	rp.faultAllTable().Markdown(&w)
 	w.WriteString("\n")
-	rp.latencyTable().markdown(&w)
+	rp.latencyTable().Markdown(&w)
 	w.WriteString("\n")
-	rp.wsTable().markdown(&w)
+	rp.wsTable().Markdown(&w)
 	w.WriteString("\nConclusions (from the numbers above):\n\n")
 	for _, c := range rp.conclusions() {
 		fmt.Fprintf(&w, "- %s\n", c)

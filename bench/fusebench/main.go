@@ -44,6 +44,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	perf "github.com/snapfaas/snapfaas/bench/report"
 	"io"
 	"log"
 	"math"
@@ -94,24 +95,10 @@ type params struct {
 	args   []string
 }
 
-// sizeFlag is a flag.Value holding a byte count parsed by parseSize.
-type sizeFlag int64
-
-func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
-
-func (s *sizeFlag) Set(v string) error {
-	n, err := parseSize(v)
-	if err != nil {
-		return err
-	}
-	*s = sizeFlag(n)
-	return nil
-}
-
 func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("fusebench", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	maxBytes := sizeFlag(400 << 20)
+	maxBytes := perf.Size(400 << 20)
 	tree := fs.String("tree", "/usr/lib", "directory tree to copy into the images")
 	fs.Var(&maxBytes, "max", "cap on the regular-file bytes copied from -tree (e.g. 400M)")
 	rounds := fs.Int("rounds", 3, "cold+warm measurement rounds per configuration")
@@ -268,7 +255,7 @@ func bench(p params, stdout, stderr io.Writer) (err error) {
 	r.loadBefore, r.loadAfter = loadBefore, loadAvg()
 	printHuman(stdout, e, r)
 	if p.out != "" {
-		if err := writeSection(p.out, markdownSection(e, r)); err != nil {
+		if err := perf.WriteSection(p.out, markdownSection(e, r)); err != nil {
 			return err
 		}
 		logf("wrote %q to %s", sectionTitle, p.out)
@@ -853,39 +840,4 @@ func readerCPU(ss []*sample) time.Duration {
 		ds = append(ds, s.cpu)
 	}
 	return median(ds)
-}
-
-// parseSize parses a byte count: plain digits or digits with a binary
-// suffix (K, KB, KiB, M, MB, MiB, G, GB, GiB, T, TB, TiB; case-insensitive).
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	i := 0
-	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
-		i++
-	}
-	if i == 0 {
-		return 0, fmt.Errorf("invalid size %q: want bytes or a number with K/M/G/T suffix", s)
-	}
-	n, err := strconv.ParseInt(t[:i], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("invalid size %q: %w", s, err)
-	}
-	var shift uint
-	switch strings.ToLower(strings.TrimSpace(t[i:])) {
-	case "", "b":
-	case "k", "kb", "kib":
-		shift = 10
-	case "m", "mb", "mib":
-		shift = 20
-	case "g", "gb", "gib":
-		shift = 30
-	case "t", "tb", "tib":
-		shift = 40
-	default:
-		return 0, fmt.Errorf("invalid size %q: unknown suffix %q (want K, M, G or T)", s, t[i:])
-	}
-	if n > math.MaxInt64>>shift {
-		return 0, fmt.Errorf("invalid size %q: too large", s)
-	}
-	return n << shift, nil
 }

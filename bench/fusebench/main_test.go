@@ -117,20 +117,6 @@ func TestRunSmall(t *testing.T) {
 	}
 }
 
-func TestReplaceSection(t *testing.T) {
-	sec := sectionTitle + "\n\nnew\n"
-	for _, tc := range []struct{ name, doc, want string }{
-		{"empty", "", sec},
-		{"append", "# Performance\n\n## Other\n\nx\n", "# Performance\n\n## Other\n\nx\n\n" + sec},
-		{"replace last", "# Performance\n\n" + sectionTitle + "\n\nold\n", "# Performance\n\n" + sec},
-		{"replace middle", "# P\n\n" + sectionTitle + "\n\nold\n### sub\n\n## Next\n\ny\n", "# P\n\n" + sec + "\n## Next\n\ny\n"},
-	} {
-		if got := replaceSection(tc.doc, sec); got != tc.want {
-			t.Errorf("%s: got\n%q\nwant\n%q", tc.name, got, tc.want)
-		}
-	}
-}
-
 func TestReadHist(t *testing.T) {
 	h := newReadHist()
 	fmt.Fprintf(h, "2026/01/02 15:04:05 rx 10: READ n5 {Fh 1 [0 +131072)  L 0 RDONLY,0x8000}\n")
@@ -141,19 +127,6 @@ func TestReadHist(t *testing.T) {
 	}
 	if s := h.summary(); !strings.Contains(s, "3 READs") || !strings.Contains(s, "128 KiB ×2") {
 		t.Errorf("summary = %q", s)
-	}
-}
-
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"4096": 4096, "8M": 8 << 20, "400MiB": 400 << 20, "1g": 1 << 30} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "M", "12X"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q): want an error", in)
-		}
 	}
 }
 

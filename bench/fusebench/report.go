@@ -3,8 +3,8 @@
 package main
 
 import (
-	"errors"
 	"fmt"
+	perf "github.com/snapfaas/snapfaas/bench/report"
 	"io"
 	"math"
 	"os"
@@ -12,7 +12,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 )
 
@@ -79,35 +78,7 @@ func timeCell(ss []*sample) string {
 	return s
 }
 
-// table is a header row and data rows, rendered as markdown or aligned text.
-type table struct {
-	head []string
-	rows [][]string
-}
-
-func (t table) markdown(w io.Writer) {
-	fmt.Fprintf(w, "| %s |\n", strings.Join(t.head, " | "))
-	seps := make([]string, len(t.head))
-	for i := range seps {
-		seps[i] = "---"
-		if i > 0 {
-			seps[i] = "---:"
-		}
-	}
-	fmt.Fprintf(w, "|%s|\n", strings.Join(seps, "|"))
-	for _, r := range t.rows {
-		fmt.Fprintf(w, "| %s |\n", strings.Join(r, " | "))
-	}
-}
-
-func (t table) text(w io.Writer) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%s\t\n", strings.Join(t.head, "\t"))
-	for _, r := range t.rows {
-		fmt.Fprintf(tw, "%s\t\n", strings.Join(r, "\t"))
-	}
-	tw.Flush()
-}
+type table = perf.Table
 
 // seqTime is the median wall time of a variant's samples.
 func seqTime(ss []*sample) time.Duration {
@@ -116,7 +87,7 @@ func seqTime(ss []*sample) time.Duration {
 }
 
 func rawTable(r *results) table {
-	t := table{head: []string{"image served as", "seq cold MB/s", "cold time ×plain", "seq warm MB/s", "warm time ×plain",
+	t := table{Head: []string{"image served as", "seq cold MB/s", "cold time ×plain", "seq warm MB/s", "warm time ×plain",
 		"pread cold p50 / p99 µs", "cold p50 ×plain", "pread warm p50 / p99 µs", "warm p50 ×plain", "server CPU s, seq cold / warm"}}
 	pl := r.raw["plain"]
 	pc50, _ := lat(r.rand["plain"].cold)
@@ -125,7 +96,7 @@ func rawTable(r *results) table {
 		s, rd := r.raw[v.key], r.rand[v.key]
 		c50, c99 := lat(rd.cold)
 		w50, w99 := lat(rd.warm)
-		t.rows = append(t.rows, []string{v.label,
+		t.Rows = append(t.Rows, []string{v.label,
 			rateCell(s.cold), times(ratio(seqTime(s.cold), seqTime(pl.cold))),
 			rateCell(s.warm), times(ratio(seqTime(s.warm), seqTime(pl.warm))),
 			us(c50) + " / " + us(c99), times(ratio(c50, pc50)),
@@ -156,12 +127,12 @@ func treeRefs(r *results) []string {
 }
 
 func treeTable(r *results) table {
-	t := table{head: []string{"tree served as", "cold", "warm"}}
+	t := table{Head: []string{"tree served as", "cold", "warm"}}
 	refs := treeRefs(r)
 	for _, k := range refs {
-		t.head = append(t.head, "×"+k+" cold / warm")
+		t.Head = append(t.Head, "×"+k+" cold / warm")
 	}
-	t.head = append(t.head, "server CPU s, cold / warm", "reader CPU s, cold / warm")
+	t.Head = append(t.Head, "server CPU s, cold / warm", "reader CPU s, cold / warm")
 	for _, v := range r.treeV {
 		s := r.tree[v.key]
 		row := []string{v.label, timeCell(s.cold), timeCell(s.warm)}
@@ -170,13 +141,13 @@ func treeTable(r *results) table {
 			row = append(row, times(ratio(seqTime(s.cold), seqTime(ref.cold)))+" / "+times(ratio(seqTime(s.warm), seqTime(ref.warm))))
 		}
 		row = append(row, cpuPair(s), secs(readerCPU(s.cold))+" / "+secs(readerCPU(s.warm)))
-		t.rows = append(t.rows, row)
+		t.Rows = append(t.Rows, row)
 	}
 	return t
 }
 
 func diagTable(d *diagResult) table {
-	t := table{head: []string{"fusefs, cold", "read_ahead_kb", "result (median)", "vs 128"}}
+	t := table{Head: []string{"fusefs, cold", "read_ahead_kb", "result (median)", "vs 128"}}
 	for _, kind := range []string{"seq", "tree"} {
 		m := d.seqRA
 		label := "sequential image read (1 MiB reads)"
@@ -195,7 +166,7 @@ func diagTable(d *diagResult) table {
 			if base != nil && len(base.cold) > 0 && ra != raSizes[0] {
 				vs = "time " + times(ratio(seqTime(p.cold), seqTime(base.cold)))
 			}
-			t.rows = append(t.rows, []string{label, strconv.Itoa(ra), cell, vs})
+			t.Rows = append(t.Rows, []string{label, strconv.Itoa(ra), cell, vs})
 		}
 	}
 	return t
@@ -242,9 +213,9 @@ func printHuman(w io.Writer, e *env, r *results) {
 		fmt.Fprintf(w, "loop devices unusable here, ext4 tree reads skipped: %v\n", e.loopErr)
 	}
 	fmt.Fprintf(w, "%d rounds; cold = page cache dropped and mounts made afresh; warm = repeated at once; MB/s median (range); load average %s before, %s after\n\n", e.p.rounds, r.loadBefore, r.loadAfter)
-	rawTable(r).text(w)
+	rawTable(r).Text(w)
 	fmt.Fprintln(w)
-	treeTable(r).text(w)
+	treeTable(r).Text(w)
 	fmt.Fprintln(w)
 	if r.diag != nil {
 		for _, l := range diagLines(e, r.diag) {
@@ -252,7 +223,7 @@ func printHuman(w io.Writer, e *env, r *results) {
 		}
 		if r.diag.raErr == nil {
 			fmt.Fprintln(w)
-			diagTable(r.diag).text(w)
+			diagTable(r.diag).Text(w)
 		}
 		fmt.Fprintln(w)
 	}
@@ -513,9 +484,9 @@ func markdownSection(e *env, r *results) string {
 	fmt.Fprintf(&w, "Method. Readers are separate processes (the benchmark binary re-executed), never the process serving fusefs. *Sequential*: read the image file from start to end in 1 MiB `read`s; MB/s are decimal megabytes of the image (holes included) per second. *Random*: %d `pread`s of 4 KiB at distinct non-zero 4 KiB blocks of the image (of %d), in one fixed random order (seed %d), the same for every pass; latencies pooled over rounds. *Whole tree*: walk the tree in lexical order (symlinks not followed) and `read` every regular file to the end in 1 MiB reads; every pass must see exactly the %d files and %d bytes that were copied. (`tar -cf /dev/null` is not used: GNU tar does not read file contents when the archive is /dev/null.) *Cold*: `sync; echo 3 > /proc/sys/vm/drop_caches`, then every mount of the variant made afresh — for fusefs a newly opened store (empty chunk cache) and a new mount; for squashfuse a new process; for loop variants a new loop device and ext4 mount — before the reader starts. Dropping the guest's page cache does not drop a hypervisor's cache of a virtual disk, so \"cold\" plain-file reads may come from host memory; the ranges show how much cold numbers move. *Warm*: the same reader again at once. Each of the %d rounds measures every variant cold then warm; cells show the median of the rounds (range in parentheses). Ratios are time ratios against the reference measured in the same run (below 1× is faster). *Server CPU*: user+system CPU of the serving user-space process over the pass (fusefs: this process; squashfuse: its process, from /proc, 10 ms resolution; none for kernel-only variants; loop kernel threads are not counted).\n\n",
 		len(c.seqOffsets), c.nonZero, e.p.seed, c.files, c.bytes, e.p.rounds)
 	w.WriteString("Image file reads (the ext4 image itself):\n\n")
-	rawTable(r).markdown(&w)
+	rawTable(r).Markdown(&w)
 	w.WriteString("\nWhole-tree reads (every regular file):\n\n")
-	treeTable(r).markdown(&w)
+	treeTable(r).Markdown(&w)
 	if d := r.diag; d != nil {
 		w.WriteString("\nDiagnostics (fusefs only; the READ counts come from go-fuse's debug log in separate untimed passes):\n\n")
 		for _, l := range diagLines(e, d) {
@@ -523,7 +494,7 @@ func markdownSection(e *env, r *results) string {
 		}
 		if d.raErr == nil {
 			fmt.Fprintf(&w, "\nCold reads with the fusefs mount's `/sys/class/bdi/0:N/read_ahead_kb` set after mounting (default %s; %d rounds, the two settings alternating). The %d rows repeat a configuration of the tables above in separate passes; how far they are from those shows the run-to-run noise:\n\n", d.raDefault, e.p.rounds, raSizes[0])
-			diagTable(d).markdown(&w)
+			diagTable(d).Markdown(&w)
 		} else {
 			fmt.Fprintf(&w, "- Read-ahead experiment skipped: %v\n", d.raErr)
 		}
@@ -533,65 +504,4 @@ func markdownSection(e *env, r *results) string {
 		fmt.Fprintf(&w, "- %s\n", s)
 	}
 	return w.String()
-}
-
-// writeSection puts sec (which starts with its "## " title line) into the
-// markdown file at path: it replaces the section with the same title, up to
-// the next "## " heading, or appends it; a missing file is created with a
-// "# Performance" header.
-func writeSection(path, sec string) error {
-	old, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		old, err = []byte("# Performance\n"), nil
-	}
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(path, []byte(replaceSection(string(old), sec)), 0o644)
-}
-
-func replaceSection(doc, sec string) string {
-	title := strings.SplitN(sec, "\n", 2)[0]
-	sec = strings.TrimRight(sec, "\n") + "\n"
-	lines := strings.SplitAfter(doc, "\n")
-	start := -1
-	inFence := false
-	for i, l := range lines {
-		t := strings.TrimRight(l, "\r\n")
-		if strings.HasPrefix(t, "```") {
-			inFence = !inFence
-		}
-		if !inFence && strings.TrimSpace(t) == title {
-			start = i
-			break
-		}
-	}
-	if start < 0 {
-		doc = strings.TrimRight(doc, "\n")
-		if doc == "" {
-			return sec
-		}
-		return doc + "\n\n" + sec
-	}
-	end := len(lines)
-	inFence = false
-	for i := start + 1; i < len(lines); i++ {
-		t := strings.TrimRight(lines[i], "\r\n")
-		if strings.HasPrefix(t, "```") {
-			inFence = !inFence
-		}
-		if !inFence && (strings.HasPrefix(t, "## ") || strings.HasPrefix(t, "# ")) {
-			end = i
-			break
-		}
-	}
-	before := strings.Join(lines[:start], "")
-	after := strings.Join(lines[end:], "")
-	if after != "" {
-		sec += "\n"
-	}
-	return before + sec + after
 }

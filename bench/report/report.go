@@ -7,11 +7,13 @@ package report
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 )
 
 // Size is a flag.Value holding a byte count parsed by ParseSize.
@@ -141,4 +143,37 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("invalid size %q: too large", s)
 	}
 	return n << shift, nil
+}
+
+// Table is a header row and data rows, rendered as markdown or as aligned
+// text. Columns after the second are numbers and align right in markdown.
+type Table struct {
+	Head []string
+	Rows [][]string
+}
+
+// Markdown writes the table as a markdown table.
+func (t Table) Markdown(w io.Writer) {
+	fmt.Fprintf(w, "| %s |\n", strings.Join(t.Head, " | "))
+	seps := make([]string, len(t.Head))
+	for i := range seps {
+		seps[i] = "---"
+		if i > 1 {
+			seps[i] = "---:"
+		}
+	}
+	fmt.Fprintf(w, "|%s|\n", strings.Join(seps, "|"))
+	for _, r := range t.Rows {
+		fmt.Fprintf(w, "| %s |\n", strings.Join(r, " | "))
+	}
+}
+
+// Text writes the table as right-aligned columns.
+func (t Table) Text(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "%s\t\n", strings.Join(t.Head, "\t"))
+	for _, r := range t.Rows {
+		fmt.Fprintf(tw, "%s\t\n", strings.Join(r, "\t"))
+	}
+	tw.Flush()
 }

@@ -39,7 +39,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/snapfaas/snapfaas/bench/corpus"
@@ -713,57 +712,29 @@ func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
 
 func mib(n int64) string { return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) }
 
-// table is a header row and data rows, rendered as markdown or aligned text.
-type table struct {
-	head []string
-	rows [][]string
-}
-
-func (t table) markdown(w io.Writer) {
-	fmt.Fprintf(w, "| %s |\n", strings.Join(t.head, " | "))
-	seps := make([]string, len(t.head))
-	for i := range seps {
-		seps[i] = "---"
-		if i > 0 {
-			seps[i] = "---:"
-		}
-	}
-	fmt.Fprintf(w, "|%s|\n", strings.Join(seps, "|"))
-	for _, r := range t.rows {
-		fmt.Fprintf(w, "| %s |\n", strings.Join(r, " | "))
-	}
-}
-
-func (t table) text(w io.Writer) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%s\t\n", strings.Join(t.head, "\t"))
-	for _, r := range t.rows {
-		fmt.Fprintf(tw, "%s\t\n", strings.Join(r, "\t"))
-	}
-	tw.Flush()
-}
+type table = report.Table
 
 func baselineTable(e *env, b baseline) table {
-	t := table{head: []string{"raw file", "seq read MB/s", "pread p50 / p99 / mean µs", "pread page not cached"}}
-	t.rows = append(t.rows, []string{"page cache warm", fmt.Sprintf("%.0f", b.seqWarmMBs),
+	t := table{Head: []string{"raw file", "seq read MB/s", "pread p50 / p99 / mean µs", "pread page not cached"}}
+	t.Rows = append(t.Rows, []string{"page cache warm", fmt.Sprintf("%.0f", b.seqWarmMBs),
 		us(b.preadWarm.p50) + " / " + us(b.preadWarm.p99) + " / " + us(b.preadWarm.mean), "-"})
 	if e.canDrop() {
 		disk := "unknown"
 		if b.coldDisk >= 0 {
 			disk = fmt.Sprintf("%.0f%%", 100*b.coldDisk)
 		}
-		t.rows = append(t.rows, []string{"page cache dropped", fmt.Sprintf("%.0f", b.seqColdMBs),
+		t.Rows = append(t.Rows, []string{"page cache dropped", fmt.Sprintf("%.0f", b.seqColdMBs),
 			us(b.preadCold.p50) + " / " + us(b.preadCold.p99) + " / " + us(b.preadCold.mean), disk})
 	} else {
-		t.rows = append(t.rows, []string{"page cache dropped", "skipped", "skipped", "skipped"})
+		t.Rows = append(t.Rows, []string{"page cache dropped", "skipped", "skipped", "skipped"})
 	}
 	return t
 }
 
 func storageTable(e *env, b baseline, rs []*result) table {
-	t := table{head: []string{"config", "import MB/s (×raw)", "export MB/s (×raw)", "chunks", "stored MiB", "data/stored", "logical/stored", "dedup"}}
+	t := table{Head: []string{"config", "import MB/s (×raw)", "export MB/s (×raw)", "chunks", "stored MiB", "data/stored", "logical/stored", "dedup"}}
 	for _, r := range rs {
-		t.rows = append(t.rows, []string{
+		t.Rows = append(t.Rows, []string{
 			r.cfg.String(),
 			fmt.Sprintf("%.0f (%s)", r.importMBs, times(r.importMBs/b.seqWarmMBs)),
 			fmt.Sprintf("%.0f (%s)", r.exportMBs, times(r.exportMBs/b.seqWarmMBs)),
@@ -778,9 +749,9 @@ func storageTable(e *env, b baseline, rs []*result) table {
 }
 
 func latencyTable(e *env, b baseline, rs []*result) table {
-	t := table{head: []string{"config", "cold p50 / p99", "cold mean", "misses", "cold miss p50 / p99 (p50 ×pread)", "cached p50 / p99 (p50 ×pread)"}}
+	t := table{Head: []string{"config", "cold p50 / p99", "cold mean", "misses", "cold miss p50 / p99 (p50 ×pread)", "cached p50 / p99 (p50 ×pread)"}}
 	if e.canDrop() {
-		t.head = append(t.head, "OS-cold p50 / p99 / mean", "OS-cold miss p50 / p99 / mean (mean ×cold pread mean)")
+		t.Head = append(t.Head, "OS-cold p50 / p99 / mean", "OS-cold miss p50 / p99 / mean (mean ×cold pread mean)")
 	}
 	for _, r := range rs {
 		row := []string{
@@ -796,7 +767,7 @@ func latencyTable(e *env, b baseline, rs []*result) table {
 				us(r.osCold.all.p50)+" / "+us(r.osCold.all.p99)+" / "+us(r.osCold.all.mean),
 				fmt.Sprintf("%s / %s / %s (%s)", us(r.osCold.miss.p50), us(r.osCold.miss.p99), us(r.osCold.miss.mean), times(ratio(r.osCold.miss.mean, b.preadCold.mean))))
 		}
-		t.rows = append(t.rows, row)
+		t.Rows = append(t.Rows, row)
 	}
 	return t
 }
@@ -808,11 +779,11 @@ func printHuman(w io.Writer, p params, e *env, b baseline, rs []*result, elapsed
 		fmt.Fprintf(w, "OS-cold measurements skipped: %v\n", e.dropErr)
 	}
 	fmt.Fprintln(w)
-	baselineTable(e, b).text(w)
+	baselineTable(e, b).Text(w)
 	fmt.Fprintln(w)
-	storageTable(e, b, rs).text(w)
+	storageTable(e, b, rs).Text(w)
 	fmt.Fprintln(w)
-	latencyTable(e, b, rs).text(w)
+	latencyTable(e, b, rs).Text(w)
 	fmt.Fprintln(w)
 	for _, c := range conclusions(e, b, rs) {
 		fmt.Fprintf(w, "- %s\n", c)
@@ -1082,11 +1053,11 @@ func markdownSection(p params, e *env, b baseline, rs []*result, elapsed time.Du
 		fmt.Fprintf(&w, "OS-cold passes skipped: %v.", e.dropErr)
 	}
 	w.WriteString(" *data/stored*: non-zero bytes ÷ stored bytes (compressed records with headers, after dedup); *logical/stored*: image size ÷ stored bytes; *dedup*: referenced ÷ distinct chunk bytes. `+hash` is zstd 4 KiB opened with `VerifyHash(true)`.\n\n")
-	baselineTable(e, b).markdown(&w)
+	baselineTable(e, b).Markdown(&w)
 	w.WriteString("\n")
-	storageTable(e, b, rs).markdown(&w)
+	storageTable(e, b, rs).Markdown(&w)
 	w.WriteString("\n")
-	latencyTable(e, b, rs).markdown(&w)
+	latencyTable(e, b, rs).Markdown(&w)
 	w.WriteString("\nConclusions (from the numbers above):\n\n")
 	for _, c := range conclusions(e, b, rs) {
 		fmt.Fprintf(&w, "- %s\n", c)

@@ -620,3 +620,37 @@ func fillPointers(rng *rand.Rand, page []byte, bases []uint64) {
 		}
 	}
 }
+
+// WriteFile writes a size-byte guest-like image to path for a benchmark:
+// captured from python3 (heap target heap) when it can be, else generated
+// from seed, which logf reports. It returns the source ("python" or
+// "synthetic") and, for a capture, a one-line description.
+func WriteFile(ctx context.Context, path string, size, heap, seed int64, logf func(string, ...any)) (source, desc string, err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return "", "", err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	st, err := CapturePython(ctx, f, size, WithHeapSize(heap))
+	switch {
+	case err == nil:
+		source = "python"
+		desc = fmt.Sprintf("python3 process memory captured by bench/corpus.CapturePython (heap target %d MiB): %s", heap>>20, st)
+	case errors.Is(err, ErrNoPython) || errors.Is(err, errors.ErrUnsupported):
+		logf("NOTE: cannot capture python3 (%v); using the synthetic corpus (seed %d) instead", err, seed)
+		if err := f.Truncate(0); err != nil {
+			f.Close()
+			return "", "", err
+		}
+		if _, err := f.WriteAt(Generate(seed, size), 0); err != nil {
+			f.Close()
+			return "", "", err
+		}
+		source = "synthetic"
+	default:
+		f.Close()
+		return "", "", fmt.Errorf("capture corpus: %w", err)
+	}
+	return source, desc, f.Close()
+}

@@ -277,38 +277,14 @@ func bench(p params, stdout, stderr io.Writer) error {
 // prepare writes the corpus into tmp and computes the page sequence.
 func prepare(p params, tmp string, logf func(string, ...any)) (*env, error) {
 	e := &env{tmp: tmp, raw: filepath.Join(tmp, "corpus.raw"), size: p.size}
-	f, err := os.Create(e.raw)
+	var err error
+	e.source, e.desc, err = corpus.WriteFile(context.Background(), e.raw, p.size, p.heap, int64(p.seed), logf)
 	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	st, err := corpus.CapturePython(ctx, f, p.size, corpus.WithHeapSize(p.heap))
-	switch {
-	case err == nil:
-		e.source = "python"
-		e.desc = fmt.Sprintf("python3 process memory captured by bench/corpus.CapturePython (heap target %d MiB): %s", p.heap>>20, st)
-	case errors.Is(err, corpus.ErrNoPython) || errors.Is(err, errors.ErrUnsupported):
-		logf("NOTE: cannot capture python3 (%v); using the synthetic corpus (seed %d) instead", err, p.seed)
-		if err := f.Truncate(0); err != nil {
-			f.Close()
-			return nil, err
-		}
-		if _, err := f.WriteAt(corpus.Generate(int64(p.seed), p.size), 0); err != nil {
-			f.Close()
-			return nil, err
-		}
-		e.source = "synthetic"
-	default:
-		f.Close()
-		return nil, fmt.Errorf("capture corpus: %w", err)
-	}
-	if err := f.Close(); err != nil {
 		return nil, err
 	}
 
 	// Find the non-zero pages.
-	f, err = os.Open(e.raw)
+	f, err := os.Open(e.raw)
 	if err != nil {
 		return nil, err
 	}

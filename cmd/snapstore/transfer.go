@@ -51,19 +51,9 @@ standard input.`,
 					return err
 				}
 				defer in.Close()
-				s, release, err := openStore(c, true, true)
-				if err != nil {
-					return err
-				}
-				defer release()
-				bar := newBar(c, "import "+a[0], size)
-				res, err := s.ImportImage(c.Context, a[0], in, pagestore.ImportOptions{ChunkSize: int(chunk), Codec: c.String("codec"), Progress: bar.Set})
-				bar.Finish()
-				if err != nil {
-					return fmt.Errorf("image import %s: %w", a[0], err)
-				}
-				printImport(c, "image", res)
-				return nil
+				return runImport(c, "image", a[0], size, func(s *pagestore.Store, progress func(int64)) (*pagestore.ImportResult, error) {
+					return s.ImportImage(c.Context, a[0], in, pagestore.ImportOptions{ChunkSize: int(chunk), Codec: c.String("codec"), Progress: progress})
+				})
 			},
 		}, {
 			Name:        "export",
@@ -151,20 +141,10 @@ the parent.`,
 				if st.Size() == 0 || st.Size()%4096 != 0 {
 					return fmt.Errorf("memory import: %s is %d bytes, not a positive multiple of 4 KiB; is it a raw guest-memory file?", a[1], st.Size())
 				}
-				s, release, err := openStore(c, true, true)
-				if err != nil {
-					return err
-				}
-				defer release()
-				bar := newBar(c, "import "+a[0], st.Size())
-				o.Progress = bar.Set
-				res, err := s.ImportMemory(c.Context, a[0], f, st.Size(), o)
-				bar.Finish()
-				if err != nil {
-					return fmt.Errorf("memory import %s: %w", a[0], err)
-				}
-				printImport(c, "snapshot", res)
-				return nil
+				return runImport(c, "snapshot", a[0], st.Size(), func(s *pagestore.Store, progress func(int64)) (*pagestore.ImportResult, error) {
+					o.Progress = progress
+					return s.ImportMemory(c.Context, a[0], f, st.Size(), o)
+				})
 			},
 		}, {
 			Name:        "export",
@@ -185,6 +165,28 @@ the parent.`,
 			},
 		}},
 	}
+}
+
+// runImport opens the store for writing, runs do with a progress bar and
+// prints the result.
+func runImport(c *cli.Context, what, name string, size int64, do func(*pagestore.Store, func(int64)) (*pagestore.ImportResult, error)) error {
+	s, release, err := openStore(c, true, true)
+	if err != nil {
+		return err
+	}
+	defer release()
+	bar := newBar(c, "import "+name, size)
+	res, err := do(s, bar.Set)
+	bar.Finish()
+	if err != nil {
+		cmd := "image"
+		if what == "snapshot" {
+			cmd = "memory"
+		}
+		return fmt.Errorf("%s import %s: %w", cmd, name, err)
+	}
+	printImport(c, what, res)
+	return nil
 }
 
 func newBar(c *cli.Context, label string, total int64) *progress.Bar {

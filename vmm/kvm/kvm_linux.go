@@ -46,6 +46,49 @@ var (
 	kvmSetFPU              = ioc(iocWrite, 0x8d, unsafe.Sizeof(FPU{}))
 	kvmGetLAPIC            = ioc(iocRead, 0x8e, unsafe.Sizeof(LAPIC{}))
 	kvmSetLAPIC            = ioc(iocWrite, 0x8f, unsafe.Sizeof(LAPIC{}))
+	kvmGetMPState          = ioc(iocRead, 0x98, 4)
+	kvmSetMPState          = ioc(iocWrite, 0x99, 4)
+	kvmGetVCPUEvents       = ioc(iocRead, 0x9f, unsafe.Sizeof(VCPUEvents{}))
+	kvmSetVCPUEvents       = ioc(iocWrite, 0xa0, unsafe.Sizeof(VCPUEvents{}))
+	kvmGetDebugRegs        = ioc(iocRead, 0xa1, unsafe.Sizeof(DebugRegs{}))
+	kvmSetDebugRegs        = ioc(iocWrite, 0xa2, unsafe.Sizeof(DebugRegs{}))
+	kvmGetXSave            = ioc(iocRead, 0xa4, unsafe.Sizeof(XSave{}))
+	kvmSetXSave            = ioc(iocWrite, 0xa5, unsafe.Sizeof(XSave{}))
+	kvmGetXCRs             = ioc(iocRead, 0xa6, unsafe.Sizeof(XCRs{}))
+	kvmSetXCRs             = ioc(iocWrite, 0xa7, unsafe.Sizeof(XCRs{}))
+	kvmGetIRQChip          = ioc(iocRead|iocWrite, 0x62, unsafe.Sizeof(IRQChip{}))
+	kvmSetIRQChip          = ioc(iocRead, 0x63, unsafe.Sizeof(IRQChip{})) // _IOR in the kernel's header
+	kvmGetClock            = ioc(iocRead, 0x7c, unsafe.Sizeof(Clock{}))
+	kvmSetClock            = ioc(iocWrite, 0x7b, unsafe.Sizeof(Clock{}))
+	kvmGetPIT2             = ioc(iocRead, 0x9f, unsafe.Sizeof(PIT2{}))
+	kvmSetPIT2             = ioc(iocWrite, 0xa0, unsafe.Sizeof(PIT2{}))
+)
+
+// Opaque state blobs: a snapshot saves and restores them as KVM hands
+// them out, without interpreting them.
+type (
+	// VCPUEvents is struct kvm_vcpu_events.
+	VCPUEvents struct{ B [64]byte }
+	// DebugRegs is struct kvm_debugregs.
+	DebugRegs struct{ B [128]byte }
+	// XSave is struct kvm_xsave (legacy 4 KiB form).
+	XSave struct{ B [4096]byte }
+	// XCRs is struct kvm_xcrs.
+	XCRs struct{ B [392]byte }
+	// IRQChip is struct kvm_irqchip; the chip id is its first u32
+	// (0 PIC master, 1 PIC slave, 2 IOAPIC).
+	IRQChip struct{ B [520]byte }
+	// Clock is struct kvm_clock_data.
+	Clock struct{ B [48]byte }
+	// PIT2 is struct kvm_pit_state2.
+	PIT2 struct{ B [112]byte }
+)
+
+// IRQ chip ids.
+const (
+	ChipPICMaster = 0
+	ChipPICSlave  = 1
+	ChipIOAPIC    = 2
 )
 
 // FPU is struct kvm_fpu.

@@ -262,6 +262,92 @@ func (c *VCPU) LAPIC() (LAPIC, error) {
 // SetLAPIC sets the local APIC state.
 func (c *VCPU) SetLAPIC(l LAPIC) error { return wrap("KVM_SET_LAPIC", ioctlPtr(c.fd, kvmSetLAPIC, &l)) }
 
+// MPState returns the vCPU's multiprocessing state.
+func (c *VCPU) MPState() (uint32, error) {
+	var v uint32
+	return v, wrap("KVM_GET_MP_STATE", ioctlPtr(c.fd, kvmGetMPState, &v))
+}
+
+// SetMPState sets the multiprocessing state.
+func (c *VCPU) SetMPState(v uint32) error {
+	return wrap("KVM_SET_MP_STATE", ioctlPtr(c.fd, kvmSetMPState, &v))
+}
+
+// Events returns pending exceptions, interrupts and NMIs.
+func (c *VCPU) Events() (VCPUEvents, error) {
+	var e VCPUEvents
+	return e, wrap("KVM_GET_VCPU_EVENTS", ioctlPtr(c.fd, kvmGetVCPUEvents, &e))
+}
+
+// SetEvents sets pending events.
+func (c *VCPU) SetEvents(e VCPUEvents) error {
+	return wrap("KVM_SET_VCPU_EVENTS", ioctlPtr(c.fd, kvmSetVCPUEvents, &e))
+}
+
+// DebugRegs returns the debug registers.
+func (c *VCPU) DebugRegs() (DebugRegs, error) {
+	var d DebugRegs
+	return d, wrap("KVM_GET_DEBUGREGS", ioctlPtr(c.fd, kvmGetDebugRegs, &d))
+}
+
+// SetDebugRegs sets the debug registers.
+func (c *VCPU) SetDebugRegs(d DebugRegs) error {
+	return wrap("KVM_SET_DEBUGREGS", ioctlPtr(c.fd, kvmSetDebugRegs, &d))
+}
+
+// XSave returns the extended FPU state.
+func (c *VCPU) XSave() (XSave, error) {
+	var x XSave
+	return x, wrap("KVM_GET_XSAVE", ioctlPtr(c.fd, kvmGetXSave, &x))
+}
+
+// SetXSave sets the extended FPU state.
+func (c *VCPU) SetXSave(x XSave) error { return wrap("KVM_SET_XSAVE", ioctlPtr(c.fd, kvmSetXSave, &x)) }
+
+// XCRs returns the extended control registers.
+func (c *VCPU) XCRs() (XCRs, error) {
+	var x XCRs
+	return x, wrap("KVM_GET_XCRS", ioctlPtr(c.fd, kvmGetXCRs, &x))
+}
+
+// SetXCRs sets the extended control registers.
+func (c *VCPU) SetXCRs(x XCRs) error { return wrap("KVM_SET_XCRS", ioctlPtr(c.fd, kvmSetXCRs, &x)) }
+
+// IRQChip returns the state of in-kernel interrupt controller chip.
+func (vm *VM) IRQChip(chip uint32) (IRQChip, error) {
+	var s IRQChip
+	putU32(s.B[:], 0, chip)
+	return s, wrap("KVM_GET_IRQCHIP", ioctlPtr(vm.fd, kvmGetIRQChip, &s))
+}
+
+// SetIRQChip restores an interrupt controller's state (its chip id is in it).
+func (vm *VM) SetIRQChip(s IRQChip) error {
+	return wrap("KVM_SET_IRQCHIP", ioctlPtr(vm.fd, kvmSetIRQChip, &s))
+}
+
+// Clock returns the VM's kvmclock.
+func (vm *VM) Clock() (Clock, error) {
+	var c Clock
+	return c, wrap("KVM_GET_CLOCK", ioctlPtr(vm.fd, kvmGetClock, &c))
+}
+
+// SetClock sets the VM's kvmclock. Only the clock value (and, when the
+// flags carry KVM_CLOCK_REALTIME, the realtime reference) is used.
+func (vm *VM) SetClock(c Clock) error {
+	const clockRealtime = 1 << 2 // the only flag KVM_SET_CLOCK accepts
+	putU32(c.B[:], 8, u32At(c.B[:], 8)&clockRealtime)
+	return wrap("KVM_SET_CLOCK", ioctlPtr(vm.fd, kvmSetClock, &c))
+}
+
+// PIT2 returns the in-kernel PIT's state.
+func (vm *VM) PIT2() (PIT2, error) {
+	var p PIT2
+	return p, wrap("KVM_GET_PIT2", ioctlPtr(vm.fd, kvmGetPIT2, &p))
+}
+
+// SetPIT2 restores the PIT's state.
+func (vm *VM) SetPIT2(p PIT2) error { return wrap("KVM_SET_PIT2", ioctlPtr(vm.fd, kvmSetPIT2, &p)) }
+
 // Run enters the guest until the next exit and returns the exit reason.
 // EINTR (a signal, or immediate exit) returns ExitIntr.
 func (c *VCPU) Run() (int, error) {

@@ -49,6 +49,10 @@ type Config struct {
 	// OnSnapshotPoint is called on the vCPU thread when the guest writes
 	// to the snapshot port (123 boot done, 124 snapshot now).
 	OnSnapshotPoint func(value uint8)
+	// PauseAt, if non-zero, pauses the whole VM when the guest writes this
+	// value to the snapshot port; Paused() then delivers, and the VM waits
+	// for Resume (after, say, SaveState) or to be stopped.
+	PauseAt uint8
 	// Disks are attached as virtio-blk devices, in order (rootfs first).
 	Disks []Disk
 	// Vsock, if set, attaches a virtio-vsock device bridged to Unix
@@ -95,30 +99,19 @@ type VM struct {
 	stopping atomic.Bool
 
 	// Pausing: vCPUs park outside KVM_RUN while paused is set.
-	pmu     sync.Mutex
-	pcond   *sync.Cond
-	paused  bool
-	parked  int
-	running int
-	done    chan struct{}
-	err     error
+	pmu      sync.Mutex
+	pcond    *sync.Cond
+	paused   bool
+	parked   int
+	running  int
+	pausedCh chan struct{}
+	done     chan struct{}
+	err      error
 }
 
 // New creates a VM: KVM objects, guest memory, the kernel and boot
 // structures in memory, devices, and vCPUs in their entry state.
 func New(cfg Config) (_ *VM, err error) {
-	if cfg.MemMiB <= 0 {
-		cfg.MemMiB = 128
-	}
-	if cfg.VCPUs <= 0 {
-		cfg.VCPUs = 1
-	}
-	if cfg.VCPUs > arch.MaxVCPUs {
-		return nil, fmt.Errorf("%d vCPUs: at most %d: %w", cfg.VCPUs, arch.MaxVCPUs, ErrConfig)
-	}
-	if cfg.MemMiB < 16 {
-		return nil, fmt.Errorf("%d MiB of memory: at least 16: %w", cfg.MemMiB, ErrConfig)
-	}
 	if cfg.Cmdline == "" {
 		cfg.Cmdline = DefaultCmdline
 	}
@@ -131,12 +124,67 @@ func New(cfg Config) (_ *VM, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
+	vm, err := create(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			vm.Close()
+		}
+	}()
+	memSize := uint64(vm.cfg.MemMiB) << 20
+	k, err := arch.LoadKernel(vm.mem, kf, kst.Size())
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", cfg.Kernel, err)
+	}
+	if err := arch.WriteZeroPage(vm.mem, arch.BootParams{SetupHeader: k.SetupHeader, Cmdline: vm.cmdline(), MemSize: memSize}); err != nil {
+		return nil, err
+	}
+	if err := arch.WriteMPTable(vm.mem, vm.cfg.VCPUs); err != nil {
+		return nil, err
+	}
+	entry, err := arch.SetupLongMode(vm.mem, k.Entry)
+	if err != nil {
+		return nil, err
+	}
+	supported, err := vm.sys.SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	msrIndex, err := vm.sys.MSRIndexList()
+	if err != nil {
+		return nil, err
+	}
+	msrs := bootMSRList(msrIndex)
+	for i, c := range vm.vcpus {
+		if err := setupVCPU(c, entry, guestCPUID(supported, i, vm.cfg.VCPUs, vm.cfg.HideEmulatorUnsafe), msrs); err != nil {
+			return nil, fmt.Errorf("vCPU %d: %w", i, err)
+		}
+	}
+	return vm, nil
+}
 
+// create makes everything a VM has before it boots or is restored: KVM
+// objects, guest memory, devices and (unconfigured) vCPUs.
+func create(cfg Config) (_ *VM, err error) {
+	if cfg.MemMiB <= 0 {
+		cfg.MemMiB = 128
+	}
+	if cfg.VCPUs <= 0 {
+		cfg.VCPUs = 1
+	}
+	if cfg.VCPUs > arch.MaxVCPUs {
+		return nil, fmt.Errorf("%d vCPUs: at most %d: %w", cfg.VCPUs, arch.MaxVCPUs, ErrConfig)
+	}
+	if cfg.MemMiB < 16 {
+		return nil, fmt.Errorf("%d MiB of memory: at least 16: %w", cfg.MemMiB, ErrConfig)
+	}
 	sys, err := kvm.Open()
 	if err != nil {
 		return nil, err
 	}
-	vm := &VM{cfg: cfg, sys: sys, done: make(chan struct{})}
+	vm := &VM{cfg: cfg, sys: sys, done: make(chan struct{}), pausedCh: make(chan struct{}, 1)}
 	vm.pcond = sync.NewCond(&vm.pmu)
 	defer func() {
 		if err != nil {
@@ -169,46 +217,18 @@ func New(cfg Config) (_ *VM, err error) {
 			return nil, err
 		}
 	}
-
 	if err := vm.addLegacyDevices(); err != nil {
 		return nil, err
 	}
 	if err := vm.addVirtioDevices(); err != nil {
 		return nil, err
 	}
-	k, err := arch.LoadKernel(vm.mem, kf, kst.Size())
-	if err != nil {
-		return nil, fmt.Errorf("kernel %s: %w", cfg.Kernel, err)
-	}
-	if err := arch.WriteZeroPage(vm.mem, arch.BootParams{SetupHeader: k.SetupHeader, Cmdline: vm.cmdline(), MemSize: memSize}); err != nil {
-		return nil, err
-	}
-	if err := arch.WriteMPTable(vm.mem, cfg.VCPUs); err != nil {
-		return nil, err
-	}
-	entry, err := arch.SetupLongMode(vm.mem, k.Entry)
-	if err != nil {
-		return nil, err
-	}
-
-	supported, err := sys.SupportedCPUID()
-	if err != nil {
-		return nil, err
-	}
-	msrIndex, err := sys.MSRIndexList()
-	if err != nil {
-		return nil, err
-	}
-	msrs := bootMSRList(msrIndex)
 	for i := 0; i < cfg.VCPUs; i++ {
 		c, err := vm.vm.CreateVCPU(i)
 		if err != nil {
 			return nil, err
 		}
 		vm.vcpus = append(vm.vcpus, c)
-		if err := setupVCPU(c, entry, guestCPUID(supported, i, cfg.VCPUs, cfg.HideEmulatorUnsafe), msrs); err != nil {
-			return nil, fmt.Errorf("vCPU %d: %w", i, err)
-		}
 	}
 	return vm, nil
 }
@@ -312,6 +332,9 @@ func (vm *VM) addLegacyDevices() error {
 		if vm.cfg.OnSnapshotPoint != nil {
 			vm.cfg.OnSnapshotPoint(v)
 		}
+		if vm.cfg.PauseAt != 0 && v == vm.cfg.PauseAt {
+			go vm.pauseForSnapshot()
+		}
 	}}
 	return vm.pio.Add(arch.PortSnapshot, 1, snap)
 }
@@ -387,12 +410,32 @@ func (vm *VM) Pause() error {
 	return nil
 }
 
+// pauseForSnapshot pauses the VM on behalf of the guest's snapshot point
+// and announces it on Paused.
+func (vm *VM) pauseForSnapshot() {
+	if err := vm.Pause(); err == nil {
+		select {
+		case vm.pausedCh <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Paused delivers when the VM paused itself at Config.PauseAt.
+func (vm *VM) Paused() <-chan struct{} { return vm.pausedCh }
+
 // Resume lets paused vCPUs run again.
 func (vm *VM) Resume() {
 	vm.pmu.Lock()
 	vm.paused = false
 	vm.pcond.Broadcast()
 	vm.pmu.Unlock()
+}
+
+func (vm *VM) isPaused() bool {
+	vm.pmu.Lock()
+	defer vm.pmu.Unlock()
+	return vm.paused
 }
 
 // park blocks a vCPU while the VM is paused.
@@ -427,6 +470,16 @@ func (vm *VM) runVCPU(c *kvm.VCPU) error {
 	for {
 		if vm.stopping.Load() {
 			return nil
+		}
+		if vm.isPaused() {
+			// On VMX/SVM an I/O instruction completes on the next
+			// KVM_RUN: enter once with immediate_exit so the state a
+			// snapshot saves is after it (PVM completes it already).
+			c.Kick()
+			if _, err := c.Run(); err != nil {
+				return fmt.Errorf("vCPU %d: %w", c.ID, err)
+			}
+			c.ClearKick()
 		}
 		vm.park()
 		exit, err := c.Run()

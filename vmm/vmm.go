@@ -92,6 +92,8 @@ type VM struct {
 	vsock  *virtio.Vsock
 	// eventfds of the devices' irqfds
 	eventfds []int
+	// transports are the virtio-mmio devices in slot order.
+	transports []*virtio.MMIO
 	// virtio lists the virtio-mmio devices for the kernel command line.
 	virtio []string
 
@@ -277,6 +279,7 @@ func (vm *VM) addVirtio(dev virtio.Device) error {
 	if err := vm.mmio.Add(base, arch.VirtioMMIOSize, t); err != nil {
 		return err
 	}
+	vm.transports = append(vm.transports, t)
 	vm.virtio = append(vm.virtio, fmt.Sprintf("virtio_mmio.device=4K@%#x:%d", base, irq))
 	return nil
 }

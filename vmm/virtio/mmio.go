@@ -2,6 +2,7 @@ package virtio
 
 import (
 	"encoding/binary"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 )
@@ -291,6 +292,25 @@ func (t *MMIO) reset() {
 	for _, q := range t.queues {
 		q.Reset()
 	}
+}
+
+// RestoreState puts the transport and its queues back in a saved state
+// and, if the device was running, activates it again on those queues.
+func (t *MMIO) RestoreState(st MMIOState) error {
+	if len(st.Queues) != len(t.queues) {
+		return fmt.Errorf("saved transport has %d queues, device %d", len(st.Queues), len(t.queues))
+	}
+	for i, q := range t.queues {
+		q.State = st.Queues[i]
+	}
+	st.Queues = nil
+	t.State = st
+	if st.Activated {
+		if err := t.dev.Activate(st.DriverFeatures, t.queues, t.interrupt); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // SaveState returns the transport's state, queues included.

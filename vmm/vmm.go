@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/snapfaas/snapfaas/uffd"
 	"github.com/snapfaas/snapfaas/vmm/arch"
 	"github.com/snapfaas/snapfaas/vmm/devices"
 	"github.com/snapfaas/snapfaas/vmm/kvm"
@@ -94,6 +95,9 @@ type VM struct {
 	eventfds []int
 	// transports are the virtio-mmio devices in slot order.
 	transports []*virtio.MMIO
+	// uffd serves guest memory lazily, if LazyMemory was called; kept
+	// open for the VM's life.
+	uffd *uffd.FD
 	// virtio lists the virtio-mmio devices for the kernel command line.
 	virtio []string
 
@@ -546,6 +550,9 @@ func (vm *VM) Close() error {
 	}
 	for _, fd := range vm.eventfds {
 		unix.Close(fd)
+	}
+	if vm.uffd != nil {
+		vm.uffd.Close()
 	}
 	for _, c := range vm.vcpus {
 		c.Close()

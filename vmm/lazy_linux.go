@@ -1,0 +1,47 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/snapfaas/snapfaas/pageserver"
+	"github.com/snapfaas/snapfaas/uffd"
+)
+
+// ErrPageServerLost: the sidecar serving guest memory went away; the VM
+// was stopped because its page faults could never be served again.
+var ErrPageServerLost = errors.New("page server lost")
+
+// LazyMemory hands guest memory to the sidecar at socket: memory is
+// registered with a userfaultfd (missing mode, not user-mode-only, so KVM's
+// own accesses fault too) and the sidecar serves snapshot's pages as they
+// are touched, prefetching or recording the working set as h asks. Call it
+// on a restored VM before Run. The VM keeps its copy of the uffd open and
+// stops with ErrPageServerLost if the sidecar dies.
+func (vm *VM) LazyMemory(socket, snapshot string, h pageserver.Handoff) (*pageserver.Client, pageserver.Reply, error) {
+	u, err := uffd.New()
+	if err != nil {
+		return nil, pageserver.Reply{}, fmt.Errorf("lazy memory: %w", err)
+	}
+	base := hostAddr(vm.mem)
+	if _, err := u.Register(base, uintptr(len(vm.mem)), uffd.ModeMissing); err != nil {
+		u.Close()
+		return nil, pageserver.Reply{}, fmt.Errorf("lazy memory: %w", err)
+	}
+	h.Snapshot = snapshot
+	h.Regions = []uffd.Region{{BaseHostVirtAddr: uint64(base), Size: uint64(len(vm.mem)), Offset: 0, PageSize: 4096}}
+	c, reply, err := pageserver.Connect(socket, u.Fd(), h)
+	if err != nil {
+		u.Close()
+		return nil, reply, fmt.Errorf("lazy memory: %w", err)
+	}
+	vm.uffd = u
+	go func() {
+		select {
+		case <-c.Lost():
+			vm.stop(fmt.Errorf("guest memory of snapshot %q: %w", snapshot, ErrPageServerLost))
+		case <-vm.done:
+		}
+	}()
+	return c, reply, nil
+}

@@ -1,0 +1,184 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/snapfaas/snapfaas/guest/testguest"
+	"github.com/snapfaas/snapfaas/pageserver"
+	"github.com/snapfaas/snapfaas/pagestore"
+	"github.com/snapfaas/snapfaas/uffd"
+)
+
+// startSidecar builds snapstore and runs `snapstore serve` on store in its
+// own process (a sidecar must never share a process with the memory it
+// serves). It returns the socket path and the process.
+func startSidecar(t *testing.T, store string) (string, *exec.Cmd) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "snapstore")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/snapstore").CombinedOutput(); err != nil {
+		t.Fatalf("build snapstore: %v\n%s", err, out)
+	}
+	sock := filepath.Join(t.TempDir(), "pages.sock")
+	cmd := exec.Command(bin, "--store", store, "serve", "--socket", sock)
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("sidecar log:\n%s", logs.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return sock, cmd
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sidecar never listened:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// snapshotTestGuest boots the test guest to its snapshot point, stores its
+// memory and state as snapshot name, and returns the state.
+func snapshotTestGuest(t *testing.T, elf, store, name string, cfg testguest.Config) []byte {
+	t.Helper()
+	var console syncBuf
+	vm, err := New(Config{Kernel: elf, Cmdline: cfg.Cmdline(), MemMiB: 64, Console: &console, HideEmulatorUnsafe: true,
+		Vsock: &Vsock{CID: 3, Path: filepath.Join(t.TempDir(), "boot.sock")}, PauseAt: 124})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- vm.Run(ctx) }()
+	select {
+	case <-vm.Paused():
+	case err := <-done:
+		t.Fatalf("VM ended before its snapshot point: %v\n%s", err, console.String())
+	}
+	st, err := vm.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := st.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := pagestore.Open(store, pagestore.Create())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := vm.Memory()
+	if _, err := s.ImportMemory(context.Background(), name, bytes.NewReader(mem), int64(len(mem)), pagestore.MemoryOptions{VMState: blob}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	cancel()
+	<-done
+	return blob
+}
+
+func skipWithoutUffd(t *testing.T) {
+	t.Helper()
+	if _, _, err := uffd.SupportedFeatures(); err != nil {
+		t.Skipf("userfaultfd unavailable: %v", err)
+	}
+}
+
+// TestLazyRestoreThroughSidecar stores a snapshot of the test guest, then
+// restores it with memory served page by page by `snapstore serve`: the
+// restored guest answers 100 requests; then the same with the working set
+// recorded and prefetched; then the sidecar is killed under a running VM,
+// which must stop with an error instead of hanging.
+func TestLazyRestoreThroughSidecar(t *testing.T) {
+	skipWithoutKVM(t)
+	skipWithoutUffd(t)
+	elf := buildTestGuest(t)
+	store := filepath.Join(t.TempDir(), "store")
+	cfg := testguest.DefaultConfig()
+	cfg.HeapMB = 1
+	blob := snapshotTestGuest(t, elf, store, "tg", cfg)
+	sock, sidecar := startSidecar(t, store)
+
+	restore := func(h pageserver.Handoff, requests uint64) (pageserver.Metrics, error) {
+		st, err := UnmarshalState(blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vsock := filepath.Join(t.TempDir(), "v.sock")
+		ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", vsock, cfg.Port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		var console syncBuf
+		vm, err := Restore(Config{Kernel: elf, Console: &console, HideEmulatorUnsafe: true, Vsock: &Vsock{CID: 3, Path: vsock}}, st, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer vm.Close()
+		client, _, err := vm.LazyMemory(sock, "tg", h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		done := make(chan error, 1)
+		go func() { done <- vm.Run(ctx) }()
+		if requests == 0 {
+			return pageserver.Metrics{}, <-done
+		}
+		serveRequests(t, ln, testguest.NewHeap(cfg.Seed, cfg.HeapMB), testguest.HeapPages(cfg.HeapMB), requests, done, &console)
+		if err := <-done; err != nil {
+			return pageserver.Metrics{}, err
+		}
+		return client.Close()
+	}
+
+	m, err := restore(pageserver.Handoff{Client: "lazy", Record: true}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("lazy: %v", m)
+	if m.Faults == 0 || m.Recorded == 0 {
+		t.Fatalf("no faults served or recorded: %v", m)
+	}
+	m2, err := restore(pageserver.Handoff{Client: "prefetch", Prefetch: true}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("prefetch: %v", m2)
+	if m2.WorkingSet != m.Recorded || m2.Prefetched == 0 {
+		t.Fatalf("working set %d (recorded %d), prefetched %d", m2.WorkingSet, m.Recorded, m2.Prefetched)
+	}
+
+	// The sidecar dies under a running VM: the VM stops with an error.
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		sidecar.Process.Signal(syscall.SIGKILL)
+	}()
+	start := time.Now()
+	_, err = restore(pageserver.Handoff{Client: "doomed"}, 0)
+	if err == nil || !strings.Contains(err.Error(), "page server lost") {
+		t.Fatalf("VM after the sidecar died: %v", err)
+	}
+	t.Logf("the VM stopped %s after the sidecar was killed: %v", time.Since(start).Round(time.Millisecond), err)
+}

@@ -340,7 +340,7 @@ func (e *env) variants() (raw, tree []variant) {
 		}
 		return procCPU(e.sq.cmd.Process.Pid)
 	}
-	plain := variant{key: "plain", label: "plain file (" + fsOf(e.c.img) + ")", path: func() string { return e.c.img }, up: nop, down: nop}
+	plain := variant{key: "plain", label: "plain file (" + perf.FSOf(e.c.img) + ")", path: func() string { return e.c.img }, up: nop, down: nop}
 	fuse := variant{key: "fusefs", label: "fusefs images/" + imageName, path: func() string { return e.fuseImg },
 		up: func() error { return e.fuseUp(nil) }, down: e.fuseDown, meter: fuseMeter}
 	raw = []variant{plain, fuse}

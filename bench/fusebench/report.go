@@ -7,8 +7,6 @@ import (
 	perf "github.com/snapfaas/snapfaas/bench/report"
 	"io"
 	"math"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -402,59 +400,6 @@ func folioShare(c *childResult) string {
 	return s
 }
 
-func machine() string {
-	model := "unknown"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-				model = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	kernel := "unknown"
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		kernel = strings.TrimSpace(string(b))
-	}
-	memTotal := ""
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
-				if f := strings.Fields(v); len(f) > 0 {
-					if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil {
-						memTotal = fmt.Sprintf(", %.1f GiB RAM", float64(kb)/(1<<20))
-					}
-				}
-			}
-		}
-	}
-	return fmt.Sprintf("nproc %d, CPU %s%s, kernel %s, %s %s/%s", runtime.NumCPU(), model, memTotal, kernel, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-}
-
-// fsOf names the file system (type and device) holding path.
-func fsOf(path string) string {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return "unknown"
-	}
-	b, err := os.ReadFile("/proc/mounts")
-	if err != nil {
-		return "unknown"
-	}
-	best, bestLen := "unknown", -1
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 3 {
-			continue
-		}
-		mp := unescapeMount(f[1])
-		if (abs == mp || strings.HasPrefix(abs, strings.TrimSuffix(mp, "/")+"/")) && len(mp) > bestLen {
-			best, bestLen = f[2]+" on "+f[0], len(mp)
-		}
-	}
-	return best
-}
-
 func markdownSection(e *env, r *results) string {
 	var w strings.Builder
 	c := &e.c
@@ -466,8 +411,8 @@ func markdownSection(e *env, r *results) string {
 	}
 	fmt.Fprintf(&w, "- Command: `scripts/fusebench-deps.sh && %s`\n", cmd)
 	fmt.Fprintf(&w, "- Date: %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(&w, "- Machine: %s; 1-minute load average %s before the run, %s after (the run itself keeps up to two processes busy; more than that, or load before, is other work)\n", machine(), r.loadBefore, r.loadAfter)
-	fmt.Fprintf(&w, "- Temp files, images and store: %s\n", fsOf(e.tmp))
+	fmt.Fprintf(&w, "- Machine: %s; 1-minute load average %s before the run, %s after (the run itself keeps up to two processes busy; more than that, or load before, is other work)\n", perf.Machine(), r.loadBefore, r.loadAfter)
+	fmt.Fprintf(&w, "- Temp files, images and store: %s\n", perf.FSOf(e.tmp))
 	fmt.Fprintf(&w, "- Content: %s\n", contentLine(e))
 	for _, l := range imagesLines(e) {
 		fmt.Fprintf(&w, "- %s\n", l)

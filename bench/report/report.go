@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -176,4 +177,60 @@ func (t Table) Text(w io.Writer) {
 		fmt.Fprintf(tw, "%s\t\n", strings.Join(r, "\t"))
 	}
 	tw.Flush()
+}
+
+// Machine describes this machine in one line: CPUs, CPU model, memory,
+// kernel and Go version.
+func Machine() string {
+	model := "unknown"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel := "unknown"
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = strings.TrimSpace(string(b))
+	}
+	memTotal := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+				if f := strings.Fields(v); len(f) > 0 {
+					if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+						memTotal = fmt.Sprintf(", %.1f GiB RAM", float64(kb)/(1<<20))
+					}
+				}
+			}
+		}
+	}
+	return fmt.Sprintf("nproc %d, CPU %s%s, kernel %s, %s %s/%s",
+		runtime.NumCPU(), model, memTotal, kernel, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// FSOf names the filesystem (device and type) holding path, from /proc/mounts.
+func FSOf(path string) string {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "unknown"
+	}
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return "unknown"
+	}
+	best, bestLen := "unknown", -1
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 {
+			continue
+		}
+		mp := f[1]
+		if (abs == mp || strings.HasPrefix(abs, strings.TrimSuffix(mp, "/")+"/")) && len(mp) > bestLen {
+			best, bestLen = f[2]+" on "+f[0], len(mp)
+		}
+	}
+	return best
 }

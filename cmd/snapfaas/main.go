@@ -25,6 +25,7 @@ func main() {
 		Usage: "serverless functions in microVMs restored from snapshots",
 		Commands: []*cli.Command{
 			vmmCommand(),
+			runCommand(),
 		},
 		HideHelpCommand: true,
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,7 +22,8 @@ var bin string
 func TestMain(m *testing.M) {
 	dir, _ := os.MkdirTemp("", "snapfaas-cli")
 	bin = filepath.Join(dir, "snapfaas")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+	// snapstore next to snapfaas, where run looks for it.
+	if out, err := exec.Command("go", "build", "-o", dir+"/", ".", "../snapstore").CombinedOutput(); err != nil {
 		os.Stderr.Write(out)
 		os.Exit(1)
 	}
@@ -78,4 +81,83 @@ func TestVMMCommand(t *testing.T) {
 	if !strings.HasPrefix(so.String(), testguest.Banner) || !strings.Contains(so.String(), "interrupted") {
 		t.Fatalf("boot output:\n%s", so.String())
 	}
+}
+
+// TestRunSnapshotAndRestore drives SnapFaaS's singlevm flow with the test
+// guest: boot and store a snapshot at its snapshot point, then restore it
+// lazily through the sidecar (recording the working set), with the working
+// set prefetched, and eagerly; every run answers the same requests with the
+// checksums the guest's model predicts.
+func TestRunSnapshotAndRestore(t *testing.T) {
+	if s, err := kvm.Open(); err != nil {
+		t.Skipf("no KVM: %v", err)
+	} else {
+		s.Close()
+	}
+	elf, err := testguest.Build(filepath.Join(os.TempDir(), "snapfaas-testguest"))
+	if errors.Is(err, testguest.ErrNoCompiler) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(t.TempDir(), "store")
+	t.Cleanup(func() {
+		// run leaves the sidecar it started running, as a daemon.
+		if b, err := os.ReadFile(filepath.Join(store, "LOCK")); err == nil {
+			var pid int
+			if _, err := fmt.Sscanf(string(b), "pid %d", &pid); err == nil && pid > 0 {
+				syscall.Kill(pid, syscall.SIGTERM)
+			}
+		}
+	})
+	cfg := testguest.DefaultConfig()
+	cfg.HeapMB = 1
+	reqs := []testguest.Request{testguest.TouchRequest(1, 3, 4, 2, false), testguest.TouchRequest(2, 10, 2, 1, true), testguest.TouchRequest(3, 200, 8, 3, false)}
+	var in strings.Builder
+	heap := testguest.NewHeap(cfg.Seed, cfg.HeapMB)
+	var want []string
+	for _, r := range reqs {
+		b, _ := json.Marshal(r)
+		in.Write(append(b, '\n'))
+		w, _ := json.Marshal(heap.Apply(r))
+		want = append(want, string(w))
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, append([]string{"run", "--store", store}, args...)...)
+		cmd.Stdin = strings.NewReader(in.String())
+		var so, se bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &so, &se
+		done := make(chan error, 1)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("snapfaas run %v: %v\n%s", args, err, se.String())
+			}
+		case <-time.After(3 * time.Minute):
+			cmd.Process.Kill()
+			t.Fatalf("snapfaas run %v hung:\n%s", args, se.String())
+		}
+		if got := strings.Split(strings.TrimSpace(so.String()), "\n"); strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Fatalf("snapfaas run %v answered\n%s\nwant\n%s\nstderr:\n%s", args, so.String(), strings.Join(want, "\n"), se.String())
+		}
+		if !strings.Contains(se.String(), "VM ready in") {
+			t.Fatalf("no timing on stderr:\n%s", se.String())
+		}
+		return se.String()
+	}
+	run("--kernel", elf, "--mem_size", "64", "--cmdline", cfg.Cmdline(), "--dump_dir", "tg")
+	if se := run("--load_dir", "tg", "--dump_ws"); !strings.Contains(se, "working-set pages recorded") {
+		t.Fatalf("dump_ws: %s", se)
+	}
+	se := run("--load_dir", "tg", "--load_ws")
+	if !strings.Contains(se, "memory: 0 faults") {
+		t.Errorf("with the working set prefetched, the same requests still faulted:\n%s", se)
+	}
+	run("--load_dir", "tg", "--copy_base")
 }

@@ -163,6 +163,29 @@ the parent.`,
 					return m.Size(), nil
 				})
 			},
+		}, {
+			Name:      "vmstate",
+			Usage:     "write snapshot NAME's saved VM state (vCPUs, devices) to FILE",
+			ArgsUsage: "NAME FILE",
+			Action: func(c *cli.Context) error {
+				a, err := args(c, "NAME", "FILE")
+				if err != nil {
+					return err
+				}
+				s, release, err := openStore(c, false, false)
+				if err != nil {
+					return err
+				}
+				defer release()
+				m, err := s.OpenMemory(a[0])
+				if err != nil {
+					return fmt.Errorf("memory vmstate: %w", err)
+				}
+				if len(m.VMState) == 0 {
+					return fmt.Errorf("memory vmstate: snapshot %q has no VM state (imported from a memory file alone)", a[0])
+				}
+				return os.WriteFile(resolvePath(c, a[1]), m.VMState, 0o644)
+			},
 		}},
 	}
 }

@@ -1,0 +1,405 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/snapfaas/snapfaas/pageserver"
+	"github.com/snapfaas/snapfaas/vmm"
+)
+
+// snapfaas run is SnapFaaS's singlevm: one VM, booted from a kernel (and
+// optionally snapshotted at the guest's snapshot point) or restored from a
+// snapshot in the store, serving JSON requests read one per line from
+// stdin over vsock (4-byte big-endian length + JSON, both ways), one
+// response per line on stdout, timings on stderr.
+//
+// The store is reached through the snapstore command (which talks to the
+// sidecar when one runs), and restored memory is served lazily by the
+// sidecar, which run starts itself if none answers.
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "run",
+		Usage: "run one function VM: requests on stdin, responses on stdout (SnapFaaS singlevm)",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "kernel", Usage: "kernel `FILE` to boot (not needed with --load_dir)"},
+			&cli.StringFlag{Name: "rootfs", Usage: "root file system image `FILE`"},
+			&cli.StringFlag{Name: "appfs", Usage: "application image `FILE`"},
+			&cli.IntFlag{Name: "mem_size", Value: 128, Usage: "guest memory in `MiB` (boot only)"},
+			&cli.IntFlag{Name: "vcpu_count", Value: 1, Usage: "vCPUs (boot only)"},
+			&cli.StringFlag{Name: "cmdline", Usage: "kernel command line (boot only)"},
+			&cli.StringFlag{Name: "dump_dir", Usage: "at the guest's snapshot point, store a snapshot `NAME` and go on"},
+			&cli.StringFlag{Name: "load_dir", Usage: "restore snapshot `NAME` instead of booting"},
+			&cli.BoolFlag{Name: "dump_ws", Usage: "record the pages the requests touch as the snapshot's working set"},
+			&cli.BoolFlag{Name: "load_ws", Usage: "prefetch the snapshot's working set on restore"},
+			&cli.BoolFlag{Name: "copy_base", Usage: "copy all memory before running (eager restore) instead of serving it lazily"},
+			&cli.BoolFlag{Name: "force_exit", Usage: "exit as soon as stdin ends, without waiting for the guest"},
+			&cli.IntFlag{Name: "guest_port", Value: 1234, Usage: "vsock port the guest connects to"},
+			&cli.StringFlag{Name: "store", EnvVars: []string{"SNAPSTORE_DIR"}, Value: defaultStore(), Usage: "store `DIR`"},
+			&cli.StringFlag{Name: "snapstore", Usage: "the snapstore `BINARY` (default: next to snapfaas, then PATH)"},
+		},
+		Action: runAction,
+	}
+}
+
+func defaultStore() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/snapfaas/store"
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".local", "share", "snapfaas", "store")
+}
+
+func snapstoreBinary(c *cli.Context) (string, error) {
+	if p := c.String("snapstore"); p != "" {
+		return p, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		if p := filepath.Join(filepath.Dir(exe), "snapstore"); fileExists(p) {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("snapstore")
+	if err != nil {
+		return "", fmt.Errorf("snapstore not found next to snapfaas or on PATH (use --snapstore)")
+	}
+	return p, nil
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// snapstore runs a snapstore command against the store.
+func snapstore(c *cli.Context, args ...string) error {
+	bin, err := snapstoreBinary(c)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, append([]string{"--store", c.String("store"), "-q"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("snapstore %s: %s", strings.Join(args, " "), strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// ensureSidecar returns the sidecar's socket, starting `snapstore serve` if
+// none answers.
+func ensureSidecar(c *cli.Context) (string, error) {
+	store := c.String("store")
+	sock := filepath.Join(store, "snapstore.sock")
+	if b, err := os.ReadFile(filepath.Join(store, "SIDECAR")); err == nil {
+		sock = strings.TrimSpace(string(b))
+	}
+	if conn, err := net.Dial("unix", sock); err == nil {
+		conn.Close()
+		return sock, nil
+	}
+	bin, err := snapstoreBinary(c)
+	if err != nil {
+		return "", err
+	}
+	logf, err := os.OpenFile(filepath.Join(store, "sidecar.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("sidecar log: %w", err)
+	}
+	cmd := exec.Command(bin, "--store", store, "serve", "--socket", sock)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("start the sidecar: %w", err)
+	}
+	go cmd.Wait()
+	for i := 0; i < 200; i++ {
+		if conn, err := net.Dial("unix", sock); err == nil {
+			conn.Close()
+			fmt.Fprintf(os.Stderr, "started the sidecar (pid %d, log %s)\n", cmd.Process.Pid, logf.Name())
+			return sock, nil
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	return "", fmt.Errorf("the sidecar did not come up; see %s", logf.Name())
+}
+
+func runAction(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usageError{"run takes no arguments, only flags (see --help)"}
+	}
+	load, dump := c.String("load_dir"), c.String("dump_dir")
+	if load == "" && c.String("kernel") == "" {
+		return usageError{"run needs --kernel to boot or --load_dir to restore"}
+	}
+	if (c.Bool("dump_ws") || c.Bool("load_ws")) && load == "" {
+		return usageError{"--dump_ws and --load_ws work on a restored snapshot (--load_dir)"}
+	}
+	work, err := os.MkdirTemp("", "snapfaas-run-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	vsockPath := filepath.Join(work, "vsock")
+	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", vsockPath, c.Int("guest_port")))
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+
+	var disks []vmm.Disk
+	for _, d := range []struct{ flag, id string }{{"rootfs", "rootfs"}, {"appfs", "appfs"}} {
+		if p := c.String(d.flag); p != "" {
+			disks = append(disks, vmm.Disk{Path: p, ReadOnly: true, ID: d.id})
+		}
+	}
+	cfg := vmm.Config{Kernel: c.String("kernel"), Cmdline: c.String("cmdline"), MemMiB: c.Int("mem_size"), VCPUs: c.Int("vcpu_count"),
+		Console: os.Stderr, HideEmulatorUnsafe: true, Disks: disks, Vsock: &vmm.Vsock{CID: 3, Path: vsockPath}}
+	start := time.Now()
+	var vm *vmm.VM
+	var client *pageserver.Client
+	if load != "" {
+		statePath := filepath.Join(work, "vmstate")
+		if err := snapstore(c, "memory", "vmstate", load, statePath); err != nil {
+			return err
+		}
+		blob, err := os.ReadFile(statePath)
+		if err != nil {
+			return err
+		}
+		st, err := vmm.UnmarshalState(blob)
+		if err != nil {
+			return fmt.Errorf("snapshot %q: %w", load, err)
+		}
+		var fill func([]byte) error
+		if c.Bool("copy_base") {
+			memPath := filepath.Join(work, "memory")
+			if err := snapstore(c, "memory", "export", load, memPath); err != nil {
+				return err
+			}
+			fill = func(m []byte) error {
+				f, err := os.Open(memPath)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				_, err = io.ReadFull(f, m)
+				return err
+			}
+		}
+		if vm, err = vmm.Restore(cfg, st, fill); err != nil {
+			return err
+		}
+		defer vm.Close()
+		if fill == nil {
+			sock, err := ensureSidecar(c)
+			if err != nil {
+				return err
+			}
+			client, _, err = vm.LazyMemory(sock, load, pageserver.Handoff{Client: "snapfaas-run", Prefetch: c.Bool("load_ws"), Record: c.Bool("dump_ws")})
+			if err != nil {
+				return err
+			}
+			go func() {
+				// The VM stops itself when the sidecar goes; a thread stuck
+				// in a fault that will never be served must not keep this
+				// process alive.
+				<-client.Lost()
+				time.Sleep(2 * time.Second)
+				fmt.Fprintln(os.Stderr, "snapfaas: the page server died; guest memory can no longer be served")
+				os.Exit(1)
+			}()
+		}
+	} else {
+		if dump != "" {
+			cfg.PauseAt = 124
+		}
+		if vm, err = vmm.New(cfg); err != nil {
+			return err
+		}
+		defer vm.Close()
+	}
+
+	ctx, cancel := context.WithCancel(c.Context)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- vm.Run(ctx) }()
+	if dump != "" {
+		select {
+		case <-vm.Paused():
+		case err := <-done:
+			return fmt.Errorf("the VM ended before its snapshot point: %w", err)
+		}
+		if err := dumpSnapshot(c, vm, work, dump); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "snapshot %q stored in %s\n", dump, time.Since(start).Round(time.Millisecond))
+		vm.Resume()
+	}
+
+	conns := guestConns(ln)
+	conn, err := nextConn(conns, done)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "VM ready in %s\n", time.Since(start).Round(time.Microsecond))
+	if err := serveStdin(conn, conns, done); err != nil {
+		return err
+	}
+	// Stop the VM before ending the page-server session: once the session
+	// ends nobody serves its faults, and a fault then (in device code
+	// running Go, not in KVM_RUN) would never return.
+	cancel()
+	runErr := <-done
+	if client != nil {
+		m, err := client.Close()
+		if err != nil {
+			return fmt.Errorf("page server: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "memory: %d faults, %d prefetched, %d working-set pages recorded\n", m.Faults, m.Prefetched, m.Recorded)
+	}
+	if runErr != nil && !errors.Is(runErr, context.Canceled) {
+		return runErr
+	}
+	return nil
+}
+
+func dumpSnapshot(c *cli.Context, vm *vmm.VM, work, name string) error {
+	st, err := vm.SaveState()
+	if err != nil {
+		return err
+	}
+	blob, err := st.Marshal()
+	if err != nil {
+		return err
+	}
+	memPath, statePath := filepath.Join(work, "memory"), filepath.Join(work, "vmstate")
+	if err := os.WriteFile(statePath, blob, 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(memPath, vm.Memory(), 0o644); err != nil {
+		return err
+	}
+	defer os.Remove(memPath)
+	return snapstore(c, "memory", "import", "--vmstate", statePath, name, memPath)
+}
+
+// guestConns accepts the guest's vsock connections (a restored guest
+// reconnects once it sees the transport reset).
+func guestConns(ln net.Listener) <-chan net.Conn {
+	got := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			got <- c
+		}
+	}()
+	return got
+}
+
+func nextConn(conns <-chan net.Conn, done <-chan error) (net.Conn, error) {
+	select {
+	case c := <-conns:
+		return c, nil
+	case err := <-done:
+		return nil, fmt.Errorf("the VM ended before the guest connected: %v", err)
+	case <-time.After(5 * time.Minute):
+		return nil, errors.New("the guest did not connect over vsock within 5 minutes")
+	}
+}
+
+// serveStdin sends each stdin line as a request and prints each response.
+// Until the first answer, a new guest connection replaces the current one
+// (a restored guest reconnects when it sees the transport reset, without
+// closing its old connection) and the request is sent again.
+func serveStdin(conn net.Conn, conns <-chan net.Conn, done <-chan error) error {
+	defer func() { conn.Close() }()
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 1<<20), 1<<20)
+	answered := false
+	for in.Scan() {
+		line := strings.TrimSpace(in.Text())
+		if line == "" {
+			continue
+		}
+		t0 := time.Now()
+		for {
+			type result struct {
+				resp []byte
+				err  error
+			}
+			res := make(chan result, 1)
+			go func(c net.Conn) {
+				r, err := call(c, line)
+				res <- result{r, err}
+			}(conn)
+			var switchTo net.Conn
+			select {
+			case r := <-res:
+				if r.err != nil {
+					if answered {
+						return r.err
+					}
+					// Broken before any answer: wait for the reconnect.
+					c, err := nextConn(conns, done)
+					if err != nil {
+						return fmt.Errorf("%v (after %v)", err, r.err)
+					}
+					switchTo = c
+					break
+				}
+				answered = true
+				fmt.Println(string(r.resp))
+				fmt.Fprintf(os.Stderr, "request took %s\n", time.Since(t0).Round(time.Microsecond))
+			case c := <-conns:
+				if answered {
+					c.Close() // a guest that is up does not reconnect
+					r := <-res
+					if r.err != nil {
+						return r.err
+					}
+					fmt.Println(string(r.resp))
+					fmt.Fprintf(os.Stderr, "request took %s\n", time.Since(t0).Round(time.Microsecond))
+					break
+				}
+				switchTo = c
+			case err := <-done:
+				return fmt.Errorf("the VM ended while serving a request: %v", err)
+			}
+			if switchTo == nil {
+				break
+			}
+			conn.Close()
+			conn = switchTo
+		}
+	}
+	return in.Err()
+}
+
+// call sends one framed request and reads one framed response.
+func call(conn net.Conn, req string) ([]byte, error) {
+	conn.SetDeadline(time.Now().Add(5 * time.Minute))
+	frame := binary.BigEndian.AppendUint32(nil, uint32(len(req)))
+	if _, err := conn.Write(append(frame, req...)); err != nil {
+		return nil, fmt.Errorf("send request: %w", err)
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+		return nil, fmt.Errorf("read response: %w", err)
+	}
+	resp := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+	if _, err := io.ReadFull(conn, resp); err != nil {
+		return nil, fmt.Errorf("read response: %w", err)
+	}
+	return resp, nil
+}

@@ -40,7 +40,6 @@ type session struct {
 
 	mu       sync.Mutex
 	state    []uint8 // per snapshot page
-	inWS     []bool
 	wsPos    []int32 // position of a page in the working set, or -1
 	arena    []byte  // staging buffer of the fault loop
 	recorded []uint32
@@ -64,14 +63,12 @@ func newSession(id string, h Handoff, u *uffd.FD, mem *pagestore.Memory) (*sessi
 		}
 	}
 	if h.Prefetch {
-		s.inWS = make([]bool, pages)
 		s.wsPos = make([]int32, pages)
 		for i := range s.wsPos {
 			s.wsPos[i] = -1
 		}
 		for i, p := range mem.WorkingSet {
-			if int64(p) < pages && !s.inWS[p] {
-				s.inWS[p] = true
+			if int64(p) < pages && s.wsPos[p] < 0 {
 				s.wsPos[p] = int32(i)
 			}
 		}
@@ -225,7 +222,7 @@ func (s *session) fault(addr uintptr) error {
 		return nil
 	}
 	s.c.faults.Add(1)
-	if s.inWS != nil && s.inWS[p] {
+	if s.wsPos != nil && s.wsPos[p] >= 0 {
 		s.c.wsFaults.Add(1)
 	}
 	var res uffd.Result

@@ -40,6 +40,14 @@ func (c *cache) get(h catalog.Hash) ([]byte, bool) {
 	return nil, false
 }
 
+// has reports whether h is cached, without touching its recency.
+func (c *cache) has(h catalog.Hash) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.items[h]
+	return ok
+}
+
 func (c *cache) add(h catalog.Hash, data []byte) {
 	if int64(len(data)) > c.max {
 		return

@@ -94,6 +94,22 @@ func MaxPackSize(bytes int64) Option { return func(o *options) { o.maxPack = byt
 // NoSync skips fsync. Only for benchmarks that measure without durability.
 func NoSync() Option { return func(o *options) { o.noSync = true } }
 
+// DefaultDir is where a store lives when none is named: /var/lib for root,
+// else the user's XDG data directory.
+func DefaultDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/snapfaas/store"
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "snapfaas", "store")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ".snapfaas-store"
+	}
+	return filepath.Join(home, ".local", "share", "snapfaas", "store")
+}
+
 // Open opens the store in dir.
 func Open(dir string, opts ...Option) (*Store, error) {
 	o := options{cacheBytes: 256 << 20, codec: CodecZstd, maxPack: 1 << 30}
@@ -292,12 +308,7 @@ func (s *Store) chunk(h catalog.Hash, loc catalog.Loc) ([]byte, bool, error) {
 
 // cached reports whether chunk h is in the cache (without touching its
 // recency).
-func (s *Store) cached(h catalog.Hash) bool {
-	s.cache.mu.Lock()
-	defer s.cache.mu.Unlock()
-	_, ok := s.cache.items[h]
-	return ok
-}
+func (s *Store) cached(h catalog.Hash) bool { return s.cache.has(h) }
 
 // ChunkByHash looks chunk h up in the catalog and returns its bytes.
 func (s *Store) ChunkByHash(h catalog.Hash) ([]byte, error) {

@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/snapfaas/snapfaas/pageserver"
+	"github.com/snapfaas/snapfaas/pagestore"
 	"github.com/snapfaas/snapfaas/vmm"
 )
 
@@ -47,19 +48,11 @@ func runCommand() *cli.Command {
 			&cli.BoolFlag{Name: "copy_base", Usage: "copy all memory before running (eager restore) instead of serving it lazily"},
 			&cli.BoolFlag{Name: "force_exit", Usage: "exit as soon as stdin ends, without waiting for the guest"},
 			&cli.IntFlag{Name: "guest_port", Value: 1234, Usage: "vsock port the guest connects to"},
-			&cli.StringFlag{Name: "store", EnvVars: []string{"SNAPSTORE_DIR"}, Value: defaultStore(), Usage: "store `DIR`"},
+			&cli.StringFlag{Name: "store", EnvVars: []string{"SNAPSTORE_DIR"}, Value: pagestore.DefaultDir(), Usage: "store `DIR`"},
 			&cli.StringFlag{Name: "snapstore", Usage: "the snapstore `BINARY` (default: next to snapfaas, then PATH)"},
 		},
 		Action: runAction,
 	}
-}
-
-func defaultStore() string {
-	if os.Geteuid() == 0 {
-		return "/var/lib/snapfaas/store"
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".local", "share", "snapfaas", "store")
 }
 
 func snapstoreBinary(c *cli.Context) (string, error) {

@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -66,20 +65,6 @@ func message(err error) string {
 	return msg
 }
 
-func defaultStore() string {
-	if os.Geteuid() == 0 {
-		return "/var/lib/snapfaas/store"
-	}
-	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
-		return filepath.Join(d, "snapfaas", "store")
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return ".snapfaas-store"
-	}
-	return filepath.Join(home, ".local", "share", "snapfaas", "store")
-}
-
 func newApp() *cli.App {
 	return &cli.App{
 		Name:  "snapstore",
@@ -89,7 +74,7 @@ content-addressed chunks: identical data is stored once, zero pages are
 never stored, and every read is checked. One process writes at a time;
 readers share the store.`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "store", Aliases: []string{"s"}, EnvVars: []string{"SNAPSTORE_DIR"}, Value: defaultStore(), Usage: "store `DIR`"},
+			&cli.StringFlag{Name: "store", Aliases: []string{"s"}, EnvVars: []string{"SNAPSTORE_DIR"}, Value: pagestore.DefaultDir(), Usage: "store `DIR`"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress output"},
 		},
 		Commands: []*cli.Command{

@@ -30,6 +30,11 @@ type MemoryOptions struct {
 	VMConfig   []byte
 	VMState    []byte
 	WorkingSet []uint32
+	// Changed, with Parent, names the only pages that may differ from the
+	// parent's (dirty tracking); the others are taken as the parent's
+	// without being read. Changed pages are still compared with the
+	// parent, so a superset is fine.
+	Changed func(page uint64) bool
 }
 
 // ImportMemory stores a raw guest-memory image (offset = guest physical
@@ -42,6 +47,9 @@ func (s *Store) ImportMemory(ctx context.Context, name string, r io.ReaderAt, si
 	}
 	if size <= 0 || size%pageSize != 0 {
 		return nil, fmt.Errorf("memory of %d bytes: size must be a positive multiple of 4 KiB: %w", size, ErrBadInput)
+	}
+	if o.Changed != nil && o.Parent == "" {
+		return nil, fmt.Errorf("changed pages without a parent: %w", ErrBadInput)
 	}
 	if o.Kind == "" {
 		o.Kind = catalog.KindBase
@@ -79,7 +87,7 @@ func (s *Store) ImportMemory(ctx context.Context, name string, r io.ReaderAt, si
 	index := map[catalog.Hash]int32{}
 	var done int64
 	err = s.runPipeline(ctx, codec, func(ctx context.Context, emit func(*job) error) error {
-		return produceMemory(ctx, r, size, o.ChunkSize, parent, emit)
+		return produceMemory(ctx, r, size, o.ChunkSize, parent, o.Changed, emit)
 	}, func(j *job) error {
 		done += int64(j.size)
 		w.stats.InputBytes += int64(j.size)
@@ -138,8 +146,9 @@ func sumData(es []catalog.Extent) int64 {
 // run, one job per maximal range of pages of one class: data (stored as a
 // chunk) or, in a diff, pages that became zero. Pages that are zero in a
 // complete image, or unchanged from the parent in a diff, emit nothing but
-// progress.
-func produceMemory(ctx context.Context, r io.ReaderAt, size int64, gran int, parent *Memory, emit func(*job) error) error {
+// progress. With changed (a diff only), pages it rejects are unchanged
+// without being read, and runs with none it accepts are not read at all.
+func produceMemory(ctx context.Context, r io.ReaderAt, size int64, gran int, parent *Memory, changed func(uint64) bool, emit func(*job) error) error {
 	const (
 		skip = iota
 		zero
@@ -153,6 +162,20 @@ func produceMemory(ctx context.Context, r io.ReaderAt, size int64, gran int, par
 			return err
 		}
 		n := int(min(int64(gran), size-off))
+		np := n / pageSize
+		first := uint64(off / pageSize)
+		if parent != nil && changed != nil {
+			any := false
+			for i := 0; i < np && !any; i++ {
+				any = changed(first + uint64(i))
+			}
+			if !any {
+				if err := emit(&job{zero: true, size: n}); err != nil {
+					return err
+				}
+				continue
+			}
+		}
 		if k, err := r.ReadAt(buf[:n], off); k != n {
 			if err == nil || errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
@@ -164,10 +187,11 @@ func produceMemory(ctx context.Context, r io.ReaderAt, size int64, gran int, par
 				return fmt.Errorf("parent: %w", err)
 			}
 		}
-		np := n / pageSize
 		for i := 0; i < np; i++ {
 			pg := buf[i*pageSize : (i+1)*pageSize]
 			switch {
+			case parent != nil && changed != nil && !changed(first+uint64(i)):
+				cls[i] = skip
 			case parent != nil && bytes.Equal(pg, pbuf[i*pageSize:(i+1)*pageSize]):
 				cls[i] = skip
 			case isZero(pg):

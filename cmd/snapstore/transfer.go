@@ -89,9 +89,12 @@ physical address, size a multiple of 4 KiB. Runs of non-zero pages are
 stored as chunks of up to --chunk-size (default 16K); zero pages are
 recorded, not stored. With --parent, only the pages that differ from the
 parent snapshot are recorded (a diff snapshot); the rest resolve through
-the parent.`,
+the parent. With --changed-only as well, FILE is sparse: only its written
+regions can differ from the parent, and its holes are the parent's pages
+(a VMM with dirty-page tracking writes just the dirty pages).`,
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "parent", Usage: "make a diff snapshot on top of snapshot `NAME`"},
+				&cli.BoolFlag{Name: "changed-only", Usage: "with --parent: FILE's holes are unchanged pages (not read), only written regions may differ"},
 				&cli.BoolFlag{Name: "full", Usage: "with --parent: store every page, naming the parent for information only"},
 				&cli.StringFlag{Name: "vmstate", Usage: "attach vCPU/device state from `FILE`"},
 				&cli.StringFlag{Name: "vmconfig", Usage: "attach VM configuration from `FILE`"},
@@ -108,6 +111,9 @@ the parent.`,
 				}
 				if c.Bool("full") && c.String("parent") == "" {
 					return usagef("--full needs --parent")
+				}
+				if c.Bool("changed-only") && (c.String("parent") == "" || c.Bool("full")) {
+					return usagef("--changed-only needs --parent (and not --full)")
 				}
 				o := pagestore.MemoryOptions{
 					ImportOptions: pagestore.ImportOptions{ChunkSize: int(chunk), Codec: c.String("codec")},
@@ -140,6 +146,13 @@ the parent.`,
 				}
 				if st.Size() == 0 || st.Size()%4096 != 0 {
 					return fmt.Errorf("memory import: %s is %d bytes, not a positive multiple of 4 KiB; is it a raw guest-memory file?", a[1], st.Size())
+				}
+				if c.Bool("changed-only") {
+					written, err := writtenPages(f, st.Size())
+					if err != nil {
+						return fmt.Errorf("memory import: %w", err)
+					}
+					o.Changed = func(p uint64) bool { return written[p] }
 				}
 				return runImport(c, "snapshot", a[0], st.Size(), func(s *pagestore.Store, progress func(int64)) (*pagestore.ImportResult, error) {
 					o.Progress = progress

@@ -27,6 +27,7 @@ var (
 	kvmGetSupportedCPUID   = ioc(iocRead|iocWrite, 0x05, 8)
 	kvmCreateVCPU          = ioc(iocNone, 0x41, 0)
 	kvmSetUserMemoryRegion = ioc(iocWrite, 0x46, unsafe.Sizeof(userspaceMemoryRegion{}))
+	kvmGetDirtyLog         = ioc(iocWrite, 0x42, unsafe.Sizeof(dirtyLog{}))
 	kvmSetTSSAddr          = ioc(iocNone, 0x47, 0)
 	kvmSetIdentityMapAddr  = ioc(iocWrite, 0x48, 8)
 	kvmCreateIRQChip       = ioc(iocNone, 0x60, 0)
@@ -181,6 +182,14 @@ type userspaceMemoryRegion struct {
 	GuestPhysAddr uint64
 	MemorySize    uint64
 	UserspaceAddr uint64
+}
+
+// memLogDirtyPages is KVM_MEM_LOG_DIRTY_PAGES.
+const memLogDirtyPages = 1
+
+type dirtyLog struct {
+	Slot, _ uint32
+	Bitmap  uintptr
 }
 
 type irqfd struct {

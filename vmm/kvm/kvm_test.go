@@ -45,7 +45,7 @@ func TestRealModeIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Munmap(mem)
-	if err := vm.SetMemory(0, 0, uint64(len(mem)), uintptr(unsafe.Pointer(&mem[0]))); err != nil {
+	if err := vm.SetMemory(0, 0, uint64(len(mem)), uintptr(unsafe.Pointer(&mem[0])), false); err != nil {
 		t.Fatal(err)
 	}
 	// mov dx,0x3f8; mov al,'K'; out dx,al; in al,dx; mov al,'V'; out dx,al; hlt
@@ -122,7 +122,7 @@ func TestStateRoundTrips(t *testing.T) {
 	}
 	mem, _ := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	defer unix.Munmap(mem)
-	if err := vm.SetMemory(0, 0, uint64(len(mem)), uintptr(unsafe.Pointer(&mem[0]))); err != nil {
+	if err := vm.SetMemory(0, 0, uint64(len(mem)), uintptr(unsafe.Pointer(&mem[0])), false); err != nil {
 		t.Fatal(err)
 	}
 	c, err := vm.CreateVCPU(0)

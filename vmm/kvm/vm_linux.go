@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -134,10 +135,28 @@ func (vm *VM) CreatePIT2() error {
 	return wrap("KVM_CREATE_PIT2", ioctlPtr(vm.fd, kvmCreatePIT2, &cfg))
 }
 
-// SetMemory maps host memory at hostAddr into the guest at guest.
-func (vm *VM) SetMemory(slot uint32, guest, size uint64, hostAddr uintptr) error {
+// SetMemory maps host memory at hostAddr into the guest at guest; with
+// logDirty, KVM records the pages the guest writes (see DirtyLog).
+func (vm *VM) SetMemory(slot uint32, guest, size uint64, hostAddr uintptr, logDirty bool) error {
 	r := userspaceMemoryRegion{Slot: slot, GuestPhysAddr: guest, MemorySize: size, UserspaceAddr: uint64(hostAddr)}
+	if logDirty {
+		r.Flags = memLogDirtyPages
+	}
 	return wrap("KVM_SET_USER_MEMORY_REGION", ioctlPtr(vm.fd, kvmSetUserMemoryRegion, &r))
+}
+
+// DirtyLog fills bitmap (one bit per page of the slot, least significant
+// bit first; at least ceil(pages/64) words) with the pages the guest wrote
+// since the slot was created or the last call, and clears the log. The
+// slot must have been set with logDirty.
+func (vm *VM) DirtyLog(slot uint32, bitmap []uint64) error {
+	if len(bitmap) == 0 {
+		return nil
+	}
+	d := dirtyLog{Slot: slot, Bitmap: uintptr(unsafe.Pointer(&bitmap[0]))}
+	err := ioctlPtr(vm.fd, kvmGetDirtyLog, &d)
+	runtime.KeepAlive(bitmap)
+	return wrap("KVM_GET_DIRTY_LOG", err)
 }
 
 // IRQLine sets interrupt line irq to level.

@@ -25,6 +25,7 @@ type Client struct {
 	lost    chan struct{}
 	bye     chan struct{}
 	byeOnce sync.Once
+	fatal   string // the sidecar's reason for ending the session; set before lost closes
 }
 
 // Connect hands uffdFD (registered over the regions in h) and h to the
@@ -80,6 +81,10 @@ func (c *Client) read() {
 		if err := json.Unmarshal(line, &rep); err != nil {
 			rep = Reply{Error: fmt.Sprintf("bad reply: %v", err)}
 		}
+		if rep.Fatal != "" {
+			c.fatal = rep.Fatal
+			continue
+		}
 		c.replies <- rep
 	}
 }
@@ -87,6 +92,20 @@ func (c *Client) read() {
 // Lost is closed when the connection to the sidecar ends before Close:
 // the sidecar died or dropped the session.
 func (c *Client) Lost() <-chan struct{} { return c.lost }
+
+// Err says, once Lost is closed, why: the sidecar's reason when it gave
+// one, else ErrSidecarGone.
+func (c *Client) Err() error {
+	select {
+	case <-c.lost:
+	default:
+		return nil
+	}
+	if c.fatal != "" {
+		return fmt.Errorf("%w: %s", ErrSidecarGone, c.fatal)
+	}
+	return ErrSidecarGone
+}
 
 func (c *Client) request(op string) (Reply, error) {
 	c.mu.Lock()

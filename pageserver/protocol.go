@@ -44,6 +44,9 @@ type Reply struct {
 	// WorkingSet is the number of pages that will be prefetched.
 	WorkingSet int      `json:"working_set,omitempty"`
 	Metrics    *Metrics `json:"metrics,omitempty"`
+	// Fatal, unasked, says why the sidecar ends the session: serving a
+	// fault failed (a corrupt chunk, say). The connection closes next.
+	Fatal string `json:"fatal,omitempty"`
 }
 
 // Request is a control message a snapfaas client sends after the handoff

@@ -249,6 +249,9 @@ func (s *Server) handle(ctx context.Context, conn *net.UnixConn, bound string) {
 	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, uffd.ErrTargetGone), errors.Is(err, uffd.ErrClosed):
 	default:
 		s.log.Error("serving faults failed", "client", id, "err", err)
+		if !firecracker {
+			_ = writeReply(conn, Reply{Fatal: fmt.Sprintf("serving faults: %v", err)})
+		}
 	}
 	m := ss.metrics()
 	s.mu.Lock()

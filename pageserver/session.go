@@ -233,7 +233,7 @@ func (s *session) fault(addr uintptr) error {
 	} else {
 		first, data, decoded, rerr := s.mem.Run(p)
 		if rerr != nil {
-			return fmt.Errorf("page %d: %w", p, rerr)
+			return rerr // names the snapshot and page
 		}
 		s.c.decompressed.Add(uint64(decoded))
 		switch {

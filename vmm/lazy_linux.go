@@ -39,7 +39,7 @@ func (vm *VM) LazyMemory(socket, snapshot string, h pageserver.Handoff) (*pagese
 	go func() {
 		select {
 		case <-c.Lost():
-			vm.stop(fmt.Errorf("guest memory of snapshot %q: %w", snapshot, ErrPageServerLost))
+			vm.stop(fmt.Errorf("guest memory of snapshot %q: %w (%v)", snapshot, ErrPageServerLost, c.Err()))
 		case <-vm.done:
 		}
 	}()

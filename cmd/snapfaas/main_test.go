@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,17 +115,21 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 	cfg := testguest.DefaultConfig()
 	cfg.HeapMB = 1
 	reqs := []testguest.Request{testguest.TouchRequest(1, 3, 4, 2, false), testguest.TouchRequest(2, 10, 2, 1, true), testguest.TouchRequest(3, 200, 8, 3, false)}
-	var in strings.Builder
-	heap := testguest.NewHeap(cfg.Seed, cfg.HeapMB)
-	var want []string
-	for _, r := range reqs {
-		b, _ := json.Marshal(r)
-		in.Write(append(b, '\n'))
-		w, _ := json.Marshal(heap.Apply(r))
-		want = append(want, string(w))
-	}
-	run := func(args ...string) string {
+	// run feeds reqs to snapfaas run and checks its answers against the
+	// model heap (a fresh one unless given: the state the snapshot holds).
+	run := func(heap *testguest.Heap, reqs []testguest.Request, args ...string) string {
 		t.Helper()
+		if heap == nil {
+			heap = testguest.NewHeap(cfg.Seed, cfg.HeapMB)
+		}
+		var in strings.Builder
+		var want []string
+		for _, r := range reqs {
+			b, _ := json.Marshal(r)
+			in.Write(append(b, '\n'))
+			w, _ := json.Marshal(heap.Apply(r))
+			want = append(want, string(w))
+		}
 		cmd := exec.Command(bin, append([]string{"run", "--store", store}, args...)...)
 		cmd.Stdin = strings.NewReader(in.String())
 		var so, se bytes.Buffer
@@ -151,11 +156,17 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 		}
 		return se.String()
 	}
-	run("--kernel", elf, "--mem_size", "64", "--cmdline", cfg.Cmdline(), "--dump_dir", "tg")
-	if se := run("--load_dir", "tg", "--dump_ws"); !strings.Contains(se, "working-set pages recorded") {
+	run(nil, reqs, "--kernel", elf, "--mem_size", "64", "--cmdline", cfg.Cmdline(), "--dump_dir", "tg")
+	// A lazy restore answers 100 requests.
+	var many []testguest.Request
+	for i := uint64(1); i <= 100; i++ {
+		many = append(many, testguest.TouchRequest(i, (i*37)%testguest.HeapPages(cfg.HeapMB), 1+i%5, 1+i%3, i%4 == 0))
+	}
+	run(nil, many, "--load_dir", "tg")
+	if se := run(nil, reqs, "--load_dir", "tg", "--dump_ws"); !strings.Contains(se, "working-set pages recorded") {
 		t.Fatalf("dump_ws: %s", se)
 	}
-	se := run("--load_dir", "tg", "--load_ws")
+	se := run(nil, reqs, "--load_dir", "tg", "--load_ws")
 	var faults, prefetched int
 	if i := strings.Index(se, "memory: "); i < 0 {
 		t.Fatalf("no memory line:\n%s", se)
@@ -166,5 +177,158 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 	if prefetched == 0 || faults*10 > prefetched {
 		t.Errorf("with the working set prefetched: %d faults, %d prefetched:\n%s", faults, prefetched, se)
 	}
-	run("--load_dir", "tg", "--copy_base")
+	run(nil, reqs, "--load_dir", "tg", "--copy_base")
+
+	// A diff snapshot after write requests holds only the changed pages;
+	// restored (lazily, or eagerly), the guest carries on from there.
+	warm := []testguest.Request{testguest.TouchRequest(1, 20, 10, 3, true), testguest.TouchRequest(2, 21, 1, 1, true)}
+	run(nil, warm, "--load_dir", "tg", "--dump_dir", "fn", "--diff")
+	out, err := exec.Command(bin[:len(bin)-len("snapfaas")]+"snapstore", "--store", store, "inspect", "--json", "fn").CombinedOutput()
+	if err != nil {
+		t.Fatalf("inspect: %v\n%s", err, out)
+	}
+	var info struct {
+		Kind       string `json:"kind"`
+		Parent     string `json:"parent"`
+		LayerPages int64  `json:"layer_pages"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
+		t.Fatalf("inspect: %v\n%s", err, out)
+	}
+	// 11 heap pages, the guest's stack and vsock buffers, the virtqueues.
+	if info.Kind != "diff" || info.Parent != "tg" || info.LayerPages < 11 || info.LayerPages > 100 {
+		t.Fatalf("diff snapshot: %+v\n%s", info, out)
+	}
+	after := func() *testguest.Heap {
+		h := testguest.NewHeap(cfg.Seed, cfg.HeapMB)
+		for _, r := range warm {
+			h.Apply(r)
+		}
+		return h
+	}
+	run(after(), reqs, "--load_dir", "fn")
+	run(after(), reqs, "--load_dir", "fn", "--copy_base")
+}
+
+// TestRunFailsClearly: a lazily restored VM whose sidecar is killed makes
+// snapfaas run exit with an error within seconds, and a snapshot with
+// corrupt chunks fails to restore (lazily or eagerly) with an error that
+// says so, not a hung or wrong VM.
+func TestRunFailsClearly(t *testing.T) {
+	if s, err := kvm.Open(); err != nil {
+		t.Skipf("no KVM: %v", err)
+	} else {
+		s.Close()
+	}
+	elf, err := testguest.Build(filepath.Join(os.TempDir(), "snapfaas-testguest"))
+	if errors.Is(err, testguest.ErrNoCompiler) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(t.TempDir(), "store")
+	sidecarPid := func() int {
+		b, err := os.ReadFile(filepath.Join(store, "LOCK"))
+		var pid int
+		if err == nil {
+			fmt.Sscanf(string(b), "pid %d", &pid)
+		}
+		return pid
+	}
+	t.Cleanup(func() {
+		if pid := sidecarPid(); pid > 0 {
+			syscall.Kill(pid, syscall.SIGTERM)
+		}
+	})
+	cfg := testguest.DefaultConfig()
+	cfg.HeapMB = 1
+	req := func(id, start uint64) string {
+		b, _ := json.Marshal(testguest.TouchRequest(id, start, 1, 1, false))
+		return string(b) + "\n"
+	}
+	boot := exec.Command(bin, "run", "--store", store, "--kernel", elf, "--mem_size", "64", "--cmdline", cfg.Cmdline(), "--dump_dir", "tg")
+	boot.Stdin = strings.NewReader(req(1, 0))
+	if out, err := boot.CombinedOutput(); err != nil {
+		t.Fatalf("boot: %v\n%s", err, out)
+	}
+
+	// Kill the sidecar while the restored VM waits for its next request.
+	cmd := exec.Command(bin, "run", "--store", store, "--load_dir", "tg")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	var se bytes.Buffer
+	cmd.Stderr = &se
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	io.WriteString(stdin, req(1, 0))
+	line := make([]byte, 256)
+	if n, err := stdout.Read(line); err != nil || !strings.Contains(string(line[:n]), "checksum") {
+		t.Fatalf("first response: %q %v\n%s", line[:n], err, se.String())
+	}
+	pid := sidecarPid()
+	if pid <= 0 {
+		t.Fatal("no sidecar pid in the store's LOCK")
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	killed := time.Now()
+	io.WriteString(stdin, req(2, 200)) // pages the guest has not touched yet
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(se.String(), "page server") || strings.Contains(se.String(), "goroutine ") {
+			t.Fatalf("after the sidecar died: %v\n%s", err, se.String())
+		}
+		t.Logf("exited %s after the sidecar was killed: %s", time.Since(killed).Round(time.Millisecond), lastLine(se.String()))
+	case <-time.After(15 * time.Second):
+		t.Fatalf("snapfaas run still running 15s after the sidecar died:\n%s", se.String())
+	}
+	for sidecarPid() == pid && syscall.Kill(pid, 0) == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// Corrupt every pack: flip a byte in each 4 KiB.
+	packs, _ := filepath.Glob(filepath.Join(store, "chunks", "*"))
+	if len(packs) == 0 {
+		t.Fatal("no packs in the store")
+	}
+	for _, p := range packs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 100; i < len(b); i += 4096 {
+			b[i] ^= 0xff
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, args := range [][]string{{"--load_dir", "tg"}, {"--load_dir", "tg", "--copy_base"}} {
+		cmd := exec.Command(bin, append([]string{"run", "--store", store}, args...)...)
+		cmd.Stdin = strings.NewReader(req(1, 0))
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.Start()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(out.String(), "corrupt") || strings.Contains(out.String(), `"checksum":`) || strings.Contains(out.String(), "goroutine ") {
+				t.Fatalf("run %v on a corrupt store: %v\n%s", args, err, out.String())
+			}
+			t.Logf("run %v: %s", args, lastLine(out.String()))
+		case <-time.After(time.Minute):
+			cmd.Process.Kill()
+			t.Fatalf("run %v on a corrupt store hung:\n%s", args, out.String())
+		}
+	}
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	return s[strings.LastIndex(s, "\n")+1:]
 }

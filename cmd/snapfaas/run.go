@@ -41,7 +41,8 @@ func runCommand() *cli.Command {
 			&cli.IntFlag{Name: "mem_size", Value: 128, Usage: "guest memory in `MiB` (boot only)"},
 			&cli.IntFlag{Name: "vcpu_count", Value: 1, Usage: "vCPUs (boot only)"},
 			&cli.StringFlag{Name: "cmdline", Usage: "kernel command line (boot only)"},
-			&cli.StringFlag{Name: "dump_dir", Usage: "at the guest's snapshot point, store a snapshot `NAME` and go on"},
+			&cli.StringFlag{Name: "dump_dir", Usage: "store a snapshot `NAME`: when booting, at the guest's snapshot point (and go on); when restoring, after the last request (a full-app snapshot, or with --diff only the pages that changed)"},
+			&cli.BoolFlag{Name: "diff", Usage: "with --load_dir and --dump_dir: store a diff snapshot on top of the loaded one (dirty pages only)"},
 			&cli.StringFlag{Name: "load_dir", Usage: "restore snapshot `NAME` instead of booting"},
 			&cli.BoolFlag{Name: "dump_ws", Usage: "record the pages the requests touch as the snapshot's working set"},
 			&cli.BoolFlag{Name: "load_ws", Usage: "prefetch the snapshot's working set on restore"},
@@ -135,6 +136,9 @@ func runAction(c *cli.Context) error {
 	if (c.Bool("dump_ws") || c.Bool("load_ws")) && load == "" {
 		return usageError{"--dump_ws and --load_ws work on a restored snapshot (--load_dir)"}
 	}
+	if c.Bool("diff") && (load == "" || dump == "") {
+		return usageError{"--diff needs --load_dir (the parent) and --dump_dir (the new snapshot)"}
+	}
 	work, err := os.MkdirTemp("", "snapfaas-run-")
 	if err != nil {
 		return err
@@ -154,7 +158,8 @@ func runAction(c *cli.Context) error {
 		}
 	}
 	cfg := vmm.Config{Kernel: c.String("kernel"), Cmdline: c.String("cmdline"), MemMiB: c.Int("mem_size"), VCPUs: c.Int("vcpu_count"),
-		Console: os.Stderr, HideEmulatorUnsafe: true, Disks: disks, Vsock: &vmm.Vsock{CID: 3, Path: vsockPath}}
+		Console: os.Stderr, HideEmulatorUnsafe: true, Disks: disks, Vsock: &vmm.Vsock{CID: 3, Path: vsockPath},
+		TrackDirty: c.Bool("diff")}
 	start := time.Now()
 	var vm *vmm.VM
 	var client *pageserver.Client
@@ -206,7 +211,7 @@ func runAction(c *cli.Context) error {
 				// process alive.
 				<-client.Lost()
 				time.Sleep(2 * time.Second)
-				fmt.Fprintln(os.Stderr, "snapfaas: the page server died; guest memory can no longer be served")
+				fmt.Fprintf(os.Stderr, "snapfaas: guest memory of snapshot %q can no longer be served: %v\n", load, client.Err())
 				os.Exit(1)
 			}()
 		}
@@ -224,13 +229,13 @@ func runAction(c *cli.Context) error {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- vm.Run(ctx) }()
-	if dump != "" {
+	if dump != "" && load == "" {
 		select {
 		case <-vm.Paused():
 		case err := <-done:
 			return fmt.Errorf("the VM ended before its snapshot point: %w", err)
 		}
-		if err := dumpSnapshot(c, vm, work, dump); err != nil {
+		if err := dumpSnapshot(c, vm, work, dump, "", false); err != nil {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "snapshot %q stored in %s\n", dump, time.Since(start).Round(time.Millisecond))
@@ -245,6 +250,16 @@ func runAction(c *cli.Context) error {
 	fmt.Fprintf(os.Stderr, "VM ready in %s\n", time.Since(start).Round(time.Microsecond))
 	if err := serveStdin(conn, conns, done); err != nil {
 		return err
+	}
+	if dump != "" && load != "" {
+		t0 := time.Now()
+		if err := vm.Pause(); err != nil {
+			return fmt.Errorf("pause for the snapshot: %w", err)
+		}
+		if err := dumpSnapshot(c, vm, work, dump, load, c.Bool("diff")); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "snapshot %q stored in %s\n", dump, time.Since(t0).Round(time.Millisecond))
 	}
 	// Stop the VM before ending the page-server session: once the session
 	// ends nobody serves its faults, and a fault then (in device code
@@ -264,7 +279,11 @@ func runAction(c *cli.Context) error {
 	return nil
 }
 
-func dumpSnapshot(c *cli.Context, vm *vmm.VM, work, name string) error {
+// dumpSnapshot stores the paused VM as snapshot name: a base snapshot
+// (parent ""), a full-app snapshot naming parent, or with diff a diff
+// snapshot on top of parent holding the pages dirtied since the restore
+// (written to a sparse file whose holes are the parent's pages).
+func dumpSnapshot(c *cli.Context, vm *vmm.VM, work, name, parent string, diff bool) error {
 	st, err := vm.SaveState()
 	if err != nil {
 		return err
@@ -277,11 +296,56 @@ func dumpSnapshot(c *cli.Context, vm *vmm.VM, work, name string) error {
 	if err := os.WriteFile(statePath, blob, 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(memPath, vm.Memory(), 0o644); err != nil {
+	defer os.Remove(memPath)
+	args := []string{"memory", "import", "--vmstate", statePath}
+	mem := vm.Memory()
+	switch {
+	case diff:
+		pages, err := vm.DirtyPages()
+		if err != nil {
+			return err
+		}
+		if err := writeSparse(memPath, mem, pages); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "diff snapshot: %d dirty pages of %d\n", len(pages), len(mem)/4096)
+		args = append(args, "--parent", parent, "--changed-only")
+	case parent != "":
+		if err := os.WriteFile(memPath, mem, 0o644); err != nil {
+			return err
+		}
+		args = append(args, "--parent", parent, "--full")
+	default:
+		if err := os.WriteFile(memPath, mem, 0o644); err != nil {
+			return err
+		}
+	}
+	return snapstore(c, append(args, name, memPath)...)
+}
+
+// writeSparse writes a file of len(mem) bytes holding only the given pages
+// of mem (ascending page indices), runs of them in one write each.
+func writeSparse(path string, mem []byte, pages []uint64) error {
+	f, err := os.Create(path)
+	if err != nil {
 		return err
 	}
-	defer os.Remove(memPath)
-	return snapstore(c, "memory", "import", "--vmstate", statePath, name, memPath)
+	defer f.Close()
+	if err := f.Truncate(int64(len(mem))); err != nil {
+		return err
+	}
+	for i := 0; i < len(pages); {
+		j := i + 1
+		for j < len(pages) && pages[j] == pages[j-1]+1 {
+			j++
+		}
+		off := int64(pages[i]) * 4096
+		if _, err := f.WriteAt(mem[off:int64(pages[j-1]+1)*4096], off); err != nil {
+			return err
+		}
+		i = j
+	}
+	return f.Close()
 }
 
 // guestConns accepts the guest's vsock connections (a restored guest

@@ -40,8 +40,9 @@ type Metrics struct {
 	// Recorded is the number of pages in the recorded working set.
 	Recorded int `json:"recorded,omitempty"`
 	// Latency is the fault service time histogram (event read to page
-	// installed).
-	Latency Histogram `json:"latency"`
+	// installed); FaultTime its sum.
+	Latency   Histogram     `json:"latency"`
+	FaultTime time.Duration `json:"fault_time_ns"`
 }
 
 func (m Metrics) String() string {
@@ -124,7 +125,7 @@ func (h Histogram) Quantile(q float64) time.Duration {
 // counters are a session's live metrics.
 type counters struct {
 	faults, zeroFaults, around, prefetched, wsFaults, existed, removed, decompressed atomic.Uint64
-	prefetchDone                                                                     atomic.Int64
+	prefetchDone, faultTime                                                          atomic.Int64
 	latency                                                                          hist
 }
 

@@ -267,7 +267,9 @@ func (s *session) fault(addr uintptr) error {
 	}
 	s.c.existed.Add(uint64(res.Existed / pageSize))
 	s.markRange(p, p+1)
-	s.c.latency.observe(time.Since(start))
+	d := time.Since(start)
+	s.c.latency.observe(d)
+	s.c.faultTime.Add(int64(d))
 	if err == nil && s.wsPos != nil && s.wsPos[p] >= 0 {
 		// The guest is at this point of its working set: install what
 		// comes next before it asks (the waiting thread is awake already).
@@ -383,11 +385,13 @@ func (s *session) installWS(from, to int, arena []byte) (int, error) {
 		} else {
 			arena = arena[:0]
 			for k := int64(0); k < n; k++ {
-				pg, err := s.mem.Page(p + k)
+				first, data, decoded, err := s.mem.Run(p + k)
 				if err != nil {
 					return installed, fmt.Errorf("working-set page %d: %w", p+k, err)
 				}
-				arena = append(arena, pg...)
+				s.c.decompressed.Add(uint64(decoded))
+				off := (p + k - first) * pageSize
+				arena = append(arena, data[off:off+pageSize]...)
 			}
 			res, err = s.retry(func() (uffd.Result, error) { return s.u.Copy(addr, arena, 0) })
 		}
@@ -431,6 +435,7 @@ func (s *session) metrics() Metrics {
 		Prefetched: s.c.prefetched.Load(), WSFaults: s.c.wsFaults.Load(), Existed: s.c.existed.Load(),
 		Removed: s.c.removed.Load(), Decompressed: s.c.decompressed.Load(),
 		PrefetchDone: time.Duration(s.c.prefetchDone.Load()), Latency: s.c.latency.snapshot(),
+		FaultTime: time.Duration(s.c.faultTime.Load()),
 	}
 	if s.opts.Prefetch {
 		m.WorkingSet = len(s.mem.WorkingSet)

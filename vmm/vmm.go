@@ -42,6 +42,11 @@ type Config struct {
 	Cmdline string
 	MemMiB  int
 	VCPUs   int
+	// Initrd, if set, is an initrd (initramfs) file New loads into guest
+	// memory for the kernel, as high as possible below the end of the
+	// first RAM region and the kernel's initrd_addr_max (arch.LoadInitrd).
+	// Restore ignores it: the snapshot's memory already holds it.
+	Initrd string
 	// Console receives the serial port's output (nil: discarded).
 	Console io.Writer
 	// HideEmulatorUnsafe hides CPU features an instruction emulator cannot
@@ -61,6 +66,10 @@ type Config struct {
 	Vsock *Vsock
 	// Log receives device warnings (nil: slog.Default()).
 	Log *slog.Logger
+	// TrackDirty records which guest pages change (KVM dirty logging for
+	// the guest's writes, the device model's own accesses beside it), for
+	// diff snapshots: see DirtyPages.
+	TrackDirty bool
 }
 
 // Vsock configures the virtio-vsock device: the guest's CID and the Unix
@@ -100,6 +109,8 @@ type VM struct {
 	uffd *uffd.FD
 	// virtio lists the virtio-mmio devices for the kernel command line.
 	virtio []string
+	// devDirty marks the pages devices accessed, with TrackDirty.
+	devDirty *pageBits
 
 	stopOnce sync.Once
 	stopping atomic.Bool
@@ -144,7 +155,13 @@ func New(cfg Config) (_ *VM, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", cfg.Kernel, err)
 	}
-	if err := arch.WriteZeroPage(vm.mem, arch.BootParams{SetupHeader: k.SetupHeader, Cmdline: vm.cmdline(), MemSize: memSize}); err != nil {
+	bp := arch.BootParams{SetupHeader: k.SetupHeader, Cmdline: vm.cmdline(), MemSize: memSize}
+	if cfg.Initrd != "" {
+		if bp.InitrdAddr, bp.InitrdSize, err = loadInitrd(vm.mem, k, cfg.Initrd); err != nil {
+			return nil, err
+		}
+	}
+	if err := arch.WriteZeroPage(vm.mem, bp); err != nil {
 		return nil, err
 	}
 	if err := arch.WriteMPTable(vm.mem, vm.cfg.VCPUs); err != nil {
@@ -169,6 +186,29 @@ func New(cfg Config) (_ *VM, err error) {
 		}
 	}
 	return vm, nil
+}
+
+// loadInitrd loads the initrd at path into mem for kernel k and returns
+// its guest address and size for the zero page.
+func loadInitrd(mem []byte, k *arch.Kernel, path string) (addr, size uint32, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0, fmt.Errorf("initrd: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, 0, fmt.Errorf("initrd: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return 0, 0, fmt.Errorf("initrd %q: not a regular file: %w", path, ErrConfig)
+	}
+	a, err := arch.LoadInitrd(mem, k, f, st.Size())
+	if err != nil {
+		return 0, 0, fmt.Errorf("initrd %q: %w", path, err)
+	}
+	// LoadInitrd keeps it below the MMIO gap, so both fit in 32 bits.
+	return uint32(a), uint32(st.Size()), nil
 }
 
 // create makes everything a VM has before it boots or is restored: KVM
@@ -219,9 +259,12 @@ func create(cfg Config) (_ *VM, err error) {
 	}
 	base := hostAddr(vm.mem)
 	for i, r := range arch.RAMRegions(memSize) {
-		if err := vm.vm.SetMemory(uint32(i), r.Guest, r.Size, base+uintptr(r.Offset)); err != nil {
+		if err := vm.vm.SetMemory(uint32(i), r.Guest, r.Size, base+uintptr(r.Offset), cfg.TrackDirty); err != nil {
 			return nil, err
 		}
+	}
+	if cfg.TrackDirty {
+		vm.devDirty = newPageBits(memSize / pageSize)
 	}
 	if err := vm.addLegacyDevices(); err != nil {
 		return nil, err
@@ -243,8 +286,12 @@ func (vm *VM) cmdline() string {
 	return strings.TrimSpace(strings.Join(append([]string{vm.cfg.Cmdline}, vm.virtio...), " "))
 }
 
-// guestMemory gives devices bounds-checked access to guest memory.
-type guestMemory struct{ mem []byte }
+// guestMemory gives devices bounds-checked access to guest memory; with
+// dirty set it marks every page it hands out (devices may write them).
+type guestMemory struct {
+	mem   []byte
+	dirty *pageBits
+}
 
 func (g guestMemory) Slice(addr uint64, n int) ([]byte, error) {
 	off := addr
@@ -255,6 +302,9 @@ func (g guestMemory) Slice(addr uint64, n int) ([]byte, error) {
 	}
 	if n < 0 || off+uint64(n) > uint64(len(g.mem)) || off+uint64(n) < off {
 		return nil, fmt.Errorf("guest range %#x+%d is outside guest memory", addr, n)
+	}
+	if g.dirty != nil && n > 0 {
+		g.dirty.setRange(off/pageSize, (off+uint64(n)-1)/pageSize)
 	}
 	return g.mem[off : off+uint64(n)], nil
 }
@@ -279,7 +329,7 @@ func (vm *VM) addVirtio(dev virtio.Device) error {
 		return err
 	}
 	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
-	t := virtio.NewMMIO(dev, guestMemory{vm.mem}, func() { _, _ = unix.Write(efd, one) }, vm.log())
+	t := virtio.NewMMIO(dev, guestMemory{vm.mem, vm.devDirty}, func() { _, _ = unix.Write(efd, one) }, vm.log())
 	if err := vm.mmio.Add(base, arch.VirtioMMIOSize, t); err != nil {
 		return err
 	}
@@ -340,7 +390,7 @@ func (vm *VM) addLegacyDevices() error {
 			vm.cfg.OnSnapshotPoint(v)
 		}
 		if vm.cfg.PauseAt != 0 && v == vm.cfg.PauseAt {
-			go vm.pauseForSnapshot()
+			vm.pauseForSnapshot()
 		}
 	}}
 	return vm.pio.Add(arch.PortSnapshot, 1, snap)
@@ -399,6 +449,14 @@ var ErrStopped = errors.New("VM is not running")
 // returns when all are parked. vCPU, VM and device state can then be read
 // consistently; Resume lets them go on.
 func (vm *VM) Pause() error {
+	if err := vm.beginPause(); err != nil {
+		return err
+	}
+	return vm.waitParked()
+}
+
+// beginPause asks every vCPU to park.
+func (vm *VM) beginPause() error {
 	vm.pmu.Lock()
 	defer vm.pmu.Unlock()
 	if vm.stopping.Load() || vm.running == 0 {
@@ -408,6 +466,13 @@ func (vm *VM) Pause() error {
 	for _, c := range vm.vcpus {
 		c.Kick()
 	}
+	return nil
+}
+
+// waitParked returns when every running vCPU is parked.
+func (vm *VM) waitParked() error {
+	vm.pmu.Lock()
+	defer vm.pmu.Unlock()
 	for vm.parked < vm.running && !vm.stopping.Load() {
 		vm.pcond.Wait()
 	}
@@ -418,14 +483,21 @@ func (vm *VM) Pause() error {
 }
 
 // pauseForSnapshot pauses the VM on behalf of the guest's snapshot point
-// and announces it on Paused.
+// and announces it on Paused. It runs on the vCPU thread that wrote the
+// port, before that vCPU goes back into the guest, so the guest is
+// stopped exactly at its snapshot point (other vCPUs stop within a kick).
 func (vm *VM) pauseForSnapshot() {
-	if err := vm.Pause(); err == nil {
-		select {
-		case vm.pausedCh <- struct{}{}:
-		default:
-		}
+	if vm.beginPause() != nil {
+		return
 	}
+	go func() {
+		if vm.waitParked() == nil {
+			select {
+			case vm.pausedCh <- struct{}{}:
+			default:
+			}
+		}
+	}()
 }
 
 // Paused delivers when the VM paused itself at Config.PauseAt.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/urfave/cli/v2"
 
@@ -38,6 +40,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "kernel", Usage: "kernel `FILE` to boot (not needed with --load_dir)"},
 			&cli.StringFlag{Name: "rootfs", Usage: "root file system image `FILE`"},
 			&cli.StringFlag{Name: "appfs", Usage: "application image `FILE`"},
+			&cli.StringFlag{Name: "initrd", Usage: "initial ramdisk `FILE` loaded into guest memory (boot only)"},
 			&cli.IntFlag{Name: "mem_size", Value: 128, Usage: "guest memory in `MiB` (boot only)"},
 			&cli.IntFlag{Name: "vcpu_count", Value: 1, Usage: "vCPUs (boot only)"},
 			&cli.StringFlag{Name: "cmdline", Usage: "kernel command line (boot only)"},
@@ -51,6 +54,7 @@ func runCommand() *cli.Command {
 			&cli.IntFlag{Name: "guest_port", Value: 1234, Usage: "vsock port the guest connects to"},
 			&cli.StringFlag{Name: "store", EnvVars: []string{"SNAPSTORE_DIR"}, Value: pagestore.DefaultDir(), Usage: "store `DIR`"},
 			&cli.StringFlag{Name: "snapstore", Usage: "the snapstore `BINARY` (default: next to snapfaas, then PATH)"},
+			&cli.StringFlag{Name: "stats", Usage: "write timings, page-server metrics and memory use as JSON to `FILE` at the end"},
 		},
 		Action: runAction,
 	}
@@ -80,7 +84,13 @@ func snapstore(c *cli.Context, args ...string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(bin, append([]string{"--store", c.String("store"), "-q"}, args...)...)
+	return snapstoreRun(bin, c.String("store"), args...)
+}
+
+// snapstoreRun runs snapstore binary bin on store; its output becomes the
+// error if it fails.
+func snapstoreRun(bin, store string, args ...string) error {
+	cmd := exec.Command(bin, append([]string{"--store", store, "-q"}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("snapstore %s: %s", strings.Join(args, " "), strings.TrimSpace(string(out)))
@@ -157,13 +167,20 @@ func runAction(c *cli.Context) error {
 			disks = append(disks, vmm.Disk{Path: p, ReadOnly: true, ID: d.id})
 		}
 	}
-	cfg := vmm.Config{Kernel: c.String("kernel"), Cmdline: c.String("cmdline"), MemMiB: c.Int("mem_size"), VCPUs: c.Int("vcpu_count"),
+	cfg := vmm.Config{Kernel: c.String("kernel"), Initrd: c.String("initrd"), Cmdline: c.String("cmdline"), MemMiB: c.Int("mem_size"), VCPUs: c.Int("vcpu_count"),
 		Console: os.Stderr, HideEmulatorUnsafe: true, Disks: disks, Vsock: &vmm.Vsock{CID: 3, Path: vsockPath},
 		TrackDirty: c.Bool("diff")}
 	start := time.Now()
+	stats := runStats{Mode: "boot"}
 	var vm *vmm.VM
 	var client *pageserver.Client
 	if load != "" {
+		stats.Mode = "lazy"
+		if c.Bool("copy_base") {
+			stats.Mode = "eager"
+		} else if c.Bool("load_ws") {
+			stats.Mode = "lazy+ws"
+		}
 		statePath := filepath.Join(work, "vmstate")
 		if err := snapstore(c, "memory", "vmstate", load, statePath); err != nil {
 			return err
@@ -225,6 +242,7 @@ func runAction(c *cli.Context) error {
 		defer vm.Close()
 	}
 
+	stats.Restore = time.Since(start)
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
 	done := make(chan error, 1)
@@ -247,10 +265,18 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "VM ready in %s\n", time.Since(start).Round(time.Microsecond))
-	if err := serveStdin(conn, conns, done); err != nil {
+	stats.Ready = time.Since(start)
+	fmt.Fprintf(os.Stderr, "VM ready in %s\n", stats.Ready.Round(time.Microsecond))
+	err = serveStdin(conn, conns, done, func(d time.Duration) {
+		if stats.Requests == nil {
+			stats.FirstResponse = time.Since(start)
+		}
+		stats.Requests = append(stats.Requests, d)
+	})
+	if err != nil {
 		return err
 	}
+	stats.RSS, stats.AnonRSS, stats.GuestRSS = memoryUse(vm.Memory())
 	if dump != "" && load != "" {
 		t0 := time.Now()
 		if err := vm.Pause(); err != nil {
@@ -272,6 +298,13 @@ func runAction(c *cli.Context) error {
 			return fmt.Errorf("page server: %w", err)
 		}
 		fmt.Fprintf(os.Stderr, "memory: %d faults, %d prefetched, %d working-set pages recorded\n", m.Faults, m.Prefetched, m.Recorded)
+		stats.PageServer = &m
+	}
+	if p := c.String("stats"); p != "" {
+		b, _ := json.MarshalIndent(stats, "", "  ")
+		if err := os.WriteFile(p, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("--stats: %w", err)
+		}
 	}
 	if runErr != nil && !errors.Is(runErr, context.Canceled) {
 		return runErr
@@ -379,8 +412,12 @@ func nextConn(conns <-chan net.Conn, done <-chan error) (net.Conn, error) {
 // Until the first answer, a new guest connection replaces the current one
 // (a restored guest reconnects when it sees the transport reset, without
 // closing its old connection) and the request is sent again.
-func serveStdin(conn net.Conn, conns <-chan net.Conn, done <-chan error) error {
+func serveStdin(conn net.Conn, conns <-chan net.Conn, done <-chan error, onAnswer func(time.Duration)) error {
 	defer func() { conn.Close() }()
+	took := func(d time.Duration) {
+		fmt.Fprintf(os.Stderr, "request took %s\n", d.Round(time.Microsecond))
+		onAnswer(d)
+	}
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 1<<20), 1<<20)
 	answered := false
@@ -417,7 +454,7 @@ func serveStdin(conn net.Conn, conns <-chan net.Conn, done <-chan error) error {
 				}
 				answered = true
 				fmt.Println(string(r.resp))
-				fmt.Fprintf(os.Stderr, "request took %s\n", time.Since(t0).Round(time.Microsecond))
+				took(time.Since(t0))
 			case c := <-conns:
 				if answered {
 					c.Close() // a guest that is up does not reconnect
@@ -426,7 +463,7 @@ func serveStdin(conn net.Conn, conns <-chan net.Conn, done <-chan error) error {
 						return r.err
 					}
 					fmt.Println(string(r.resp))
-					fmt.Fprintf(os.Stderr, "request took %s\n", time.Since(t0).Round(time.Microsecond))
+					took(time.Since(t0))
 					break
 				}
 				switchTo = c
@@ -459,4 +496,54 @@ func call(conn net.Conn, req string) ([]byte, error) {
 		return nil, fmt.Errorf("read response: %w", err)
 	}
 	return resp, nil
+}
+
+// runStats is what --stats writes: durations from the start of run
+// (restore: the VM built and its memory copied or handed to the sidecar;
+// ready: the guest connected; first response), each request's latency,
+// the page server's metrics (lazy restores), and the process's resident
+// memory with the part that is guest memory.
+type runStats struct {
+	Mode          string              `json:"mode"`
+	Restore       time.Duration       `json:"restore_ns"`
+	Ready         time.Duration       `json:"ready_ns"`
+	FirstResponse time.Duration       `json:"first_response_ns"`
+	Requests      []time.Duration     `json:"requests_ns"`
+	RSS           int64               `json:"rss_bytes"`
+	AnonRSS       int64               `json:"anon_rss_bytes"`
+	GuestRSS      int64               `json:"guest_rss_bytes"`
+	PageServer    *pageserver.Metrics `json:"page_server,omitempty"`
+}
+
+// memoryUse returns this process's resident memory, the anonymous
+// (private, not file-backed) part of it, and the part in the guest memory
+// mapping mem, from /proc/self/smaps (zeros if unreadable). RSS minus
+// guest is the VMM's overhead; of it, anon minus guest is what each VMM
+// adds, the rest being the binary's pages, shared by every VMM.
+func memoryUse(mem []byte) (rss, anon, guest int64) {
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		return 0, 0, 0
+	}
+	defer f.Close()
+	base := fmt.Sprintf("%x-", uintptr(unsafe.Pointer(&mem[0])))
+	in := bufio.NewScanner(f)
+	inGuest := false
+	for in.Scan() {
+		line := in.Text()
+		if fields := strings.Fields(line); len(fields) > 0 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
+			inGuest = strings.HasPrefix(line, base)
+			continue
+		}
+		var kb int64
+		if _, err := fmt.Sscanf(line, "Rss: %d kB", &kb); err == nil {
+			rss += kb << 10
+			if inGuest {
+				guest += kb << 10
+			}
+		} else if _, err := fmt.Sscanf(line, "Anonymous: %d kB", &kb); err == nil {
+			anon += kb << 10
+		}
+	}
+	return rss, anon, guest
 }

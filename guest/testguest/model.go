@@ -40,7 +40,7 @@ const (
 	// MaxRequest is the longest request frame payload the guest accepts; a
 	// longer one gets an error response (id 0) and the connection reset.
 	MaxRequest = 16384
-	// MaxTouchCount is the largest count of one touch request.
+	// MaxTouchCount is the largest count of one touch or read request.
 	MaxTouchCount = 1 << 24
 
 	// DiskMagic starts a disk image; MaxDiskPayload caps what is read.
@@ -180,7 +180,9 @@ func HeapPages(heapMB uint64) uint64 { return heapMB << 20 / PageSize }
 // from a fresh heap (the snapshot is taken before any request).
 type Heap struct {
 	Seed, Pages uint64
-	writes      map[uint64]int
+	// Initrd is the guest's initrd, for read requests (nil: none).
+	Initrd []byte
+	writes map[uint64]int
 }
 
 // NewHeap models a guest booted with the given seed and heap_mb.
@@ -192,27 +194,82 @@ func NewHeap(seed, heapMB uint64) *Heap {
 func (h *Heap) Page(p uint64) []byte { return PageBytes(h.Seed, p, h.writes[p]) }
 
 // Apply returns the response the guest gives to req and updates the model.
+// Read requests go to InitrdChecksum with h.Initrd.
 func (h *Heap) Apply(req Request) Response {
 	switch req.Op {
 	case OpExit:
 		return Response{ID: req.ID, OK: true}
+	case OpRead:
+		return InitrdChecksum(h.Initrd, req)
 	case OpTouch:
 	default:
 		return Response{ID: req.ID, Error: "unknown op"}
 	}
-	if req.Count > MaxTouchCount {
-		return Response{ID: req.ID, Error: "count too large"}
+	if err := checkPages(req, h.Pages); err != "" {
+		return Response{ID: req.ID, Error: err}
 	}
-	if req.Count > 0 && (req.Start >= h.Pages ||
-		req.Stride != 0 && (req.Count-1) > (h.Pages-1-req.Start)/req.Stride) {
-		return Response{ID: req.ID, Error: "page out of range"}
-	}
+	n := hashBytes(req)
 	sum := fnv.New64a()
 	for k, p := uint64(0), req.Start; k < req.Count; k, p = k+1, p+req.Stride {
 		if req.Write {
 			h.writes[p]++
 		}
-		sum.Write(h.Page(p))
+		sum.Write(h.Page(p)[:n])
+	}
+	return Response{ID: req.ID, Pages: req.Count, Checksum: fmt.Sprintf("%016x", sum.Sum64())}
+}
+
+// hashBytes is how much of each page req hashes (Bytes 0 is the default,
+// a whole page, as the key is then left out of the JSON).
+func hashBytes(req Request) uint64 {
+	if req.Bytes == 0 {
+		return PageSize
+	}
+	return req.Bytes
+}
+
+// checkPages is the guest's check of a touch or read request over pages
+// pages: the error it answers, or "".
+func checkPages(req Request, pages uint64) string {
+	switch {
+	case req.Bytes > PageSize:
+		return "bytes out of range"
+	case req.Count > MaxTouchCount:
+		return "count too large"
+	case req.Count > 0 && (req.Start >= pages ||
+		req.Stride != 0 && (req.Count-1) > (pages-1-req.Start)/req.Stride):
+		return "page out of range"
+	}
+	return ""
+}
+
+// InitrdPages is the number of pages a read request can name in an initrd
+// of size bytes (the last one may be partial).
+func InitrdPages(size uint64) uint64 { return (size + PageSize - 1) / PageSize }
+
+// InitrdChecksum returns the response the guest gives to read request req
+// when its initrd holds initrd (empty: none): FNV-1a 64 over the first
+// Bytes bytes of initrd pages Start, Start+Stride, ..., a page being
+// 4096 bytes from the initrd's start and the last one zero-padded.
+func InitrdChecksum(initrd []byte, req Request) Response {
+	switch {
+	case req.Op != OpRead:
+		return Response{ID: req.ID, Error: "unknown op"}
+	case len(initrd) == 0:
+		return Response{ID: req.ID, Error: "no initrd"}
+	case req.Write:
+		return Response{ID: req.ID, Error: "write not allowed"}
+	}
+	if err := checkPages(req, InitrdPages(uint64(len(initrd)))); err != "" {
+		return Response{ID: req.ID, Error: err}
+	}
+	n := hashBytes(req)
+	page := make([]byte, n)
+	sum := fnv.New64a()
+	for k, p := uint64(0), req.Start; k < req.Count; k, p = k+1, p+req.Stride {
+		clear(page)
+		copy(page, initrd[p*PageSize:])
+		sum.Write(page)
 	}
 	return Response{ID: req.ID, Pages: req.Count, Checksum: fmt.Sprintf("%016x", sum.Sum64())}
 }
@@ -227,6 +284,10 @@ type Console struct {
 	// Disk, DiskChecksum and DiskID are the texts after "disk: ",
 	// "disk-checksum: " and "disk-id: " ("" when not printed).
 	Disk, DiskChecksum, DiskID string
+	// Initrd is the text after "initrd: " ("none", or "N bytes at
+	// 0x..."); InitrdSize and InitrdAddr are its numbers.
+	Initrd                 string
+	InitrdSize, InitrdAddr uint64
 	// HeapPages and HeapAddr come from "heap: N pages at 0x...".
 	HeapPages, HeapAddr uint64
 	// Ready: the guest printed "ready" (no vsock device; idle).
@@ -256,6 +317,9 @@ func ParseConsole(out string) Console {
 			c.DiskChecksum = strings.TrimPrefix(l, "disk-checksum: ")
 		case strings.HasPrefix(l, "disk-id: "):
 			c.DiskID = strings.TrimPrefix(l, "disk-id: ")
+		case strings.HasPrefix(l, "initrd: "):
+			c.Initrd = strings.TrimPrefix(l, "initrd: ")
+			fmt.Sscanf(c.Initrd, "%d bytes at 0x%x", &c.InitrdSize, &c.InitrdAddr)
 		case strings.HasPrefix(l, "heap: "):
 			fmt.Sscanf(l, "heap: %d pages at 0x%x", &c.HeapPages, &c.HeapAddr)
 		case l == "ready":

@@ -11,14 +11,20 @@ import (
 // Request ops.
 const (
 	OpTouch = "touch"
+	OpRead  = "read"
 	OpExit  = "exit"
 )
 
 // Request is one request to the guest over vsock. For touch, the guest
-// touches pages Start, Start+Stride, ... (Count of them; Stride 0 touches
-// Start Count times); with Write it first adds 1 to each page's word 0,
-// then hashes the page. All fields are always sent (the guest's defaults
-// for absent keys are start 0, count 1, stride 1, write false).
+// touches heap pages Start, Start+Stride, ... (Count of them; Stride 0
+// touches Start Count times); with Write it first adds 1 to each page's
+// word 0, then hashes the page. Read does the same over the initrd's
+// pages (4096 bytes each from the initrd's start, the last one
+// zero-padded) without writing. Bytes (1..PageSize) hashes only the first
+// Bytes bytes of each page; 0 means all of it. Every field but Bytes is
+// always sent (the guest's defaults for absent keys are start 0, count 1,
+// stride 1, write false, bytes 4096), so touch and exit requests encode
+// as before Bytes existed.
 type Request struct {
 	ID     uint64 `json:"id"`
 	Op     string `json:"op"`
@@ -26,12 +32,13 @@ type Request struct {
 	Count  uint64 `json:"count"`
 	Stride uint64 `json:"stride"`
 	Write  bool   `json:"write"`
+	Bytes  uint64 `json:"bytes,omitempty"`
 }
 
-// Response is the guest's answer: {"id","pages","checksum"} for touch,
-// {"id","ok":true} for exit, {"id","error"} for a rejected request.
-// Checksum is FNV-1a 64 over every touched page in touch order (after the
-// write), as 16 hex digits.
+// Response is the guest's answer: {"id","pages","checksum"} for touch and
+// read, {"id","ok":true} for exit, {"id","error"} for a rejected request.
+// Checksum is FNV-1a 64 over every touched page (its first Bytes bytes) in
+// touch order (after the write), as 16 hex digits.
 type Response struct {
 	ID       uint64 `json:"id"`
 	Pages    uint64 `json:"pages,omitempty"`
@@ -43,6 +50,12 @@ type Response struct {
 // TouchRequest and ExitRequest build requests.
 func TouchRequest(id, start, count, stride uint64, write bool) Request {
 	return Request{ID: id, Op: OpTouch, Start: start, Count: count, Stride: stride, Write: write}
+}
+
+// ReadRequest builds a read of initrd pages start, start+stride, ...
+// (count of them), hashing the first bytes bytes of each (0: all 4096).
+func ReadRequest(id, start, count, stride, bytes uint64) Request {
+	return Request{ID: id, Op: OpRead, Start: start, Count: count, Stride: stride, Bytes: bytes}
 }
 
 // ExitRequest asks the guest to answer and shut down (i8042 reset).

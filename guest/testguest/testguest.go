@@ -8,7 +8,8 @@
 // to the 8250 UART at port 0x3f8, probes the virtio-mmio devices named on
 // its command line (polling only), reports the contents of a block device,
 // fills a deterministic heap, signals the snapshot points on port 0x3f0 and,
-// with a vsock device, connects to the host and serves touch/exit requests.
+// with a vsock device, connects to the host and serves touch, read (over
+// the initrd the VMM loaded, if any) and exit requests.
 // Its instructions avoid SSE, x87, MMX, AVX, fxsave/xsave, cmpxchg16b and
 // popcnt, which fail under the instruction emulator.
 //

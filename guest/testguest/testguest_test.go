@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -291,9 +292,10 @@ type protoHarness struct {
 	out *bufio.Reader
 }
 
-func startProto(t *testing.T, seed, pages uint64) *protoHarness {
+// startProto starts the harness; initrd, if given, is the initrd file.
+func startProto(t *testing.T, seed, pages uint64, initrd ...string) *protoHarness {
 	bin := hostCompile(t, "hostproto")
-	cmd := exec.Command(bin, strconv.FormatUint(seed, 10), strconv.FormatUint(pages, 10))
+	cmd := exec.Command(bin, append([]string{strconv.FormatUint(seed, 10), strconv.FormatUint(pages, 10)}, initrd...)...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -387,6 +389,151 @@ func TestGuestRequestHandlingMatchesModel(t *testing.T) {
 	}
 }
 
+// testInitrd is 40 KiB and 100 bytes of random data: 11 pages, the last
+// one partial.
+func testInitrd(seed int64) []byte {
+	b := make([]byte, 40<<10+100)
+	rand.New(rand.NewSource(seed)).Read(b)
+	return b
+}
+
+// initrdReads are read requests over an initrd of 11 pages, valid and not.
+func initrdReads(id uint64) []Request {
+	return []Request{
+		ReadRequest(id+0, 0, 1, 1, 0),
+		ReadRequest(id+1, 0, 11, 1, 4096),
+		ReadRequest(id+2, 0, 11, 1, 8),
+		ReadRequest(id+3, 1, 4, 3, 8),    // 1, 4, 7, 10 (the partial page)
+		ReadRequest(id+4, 10, 1, 1, 100), // exactly the partial page's bytes
+		ReadRequest(id+5, 10, 1, 1, 101), // one padding zero
+		ReadRequest(id+6, 10, 3, 0, 4096),
+		ReadRequest(id+7, 2, 5, 2, 1),
+		ReadRequest(id+8, 9, 2, 1, 4095),
+		ReadRequest(id+9, 5, 0, 1, 8),     // nothing
+		ReadRequest(id+10, 11, 1, 1, 8),   // out of range
+		ReadRequest(id+11, 0, 3, 5, 8),    // last page 10: fine
+		ReadRequest(id+12, 1, 3, 5, 8),    // last page 11: out of range
+		ReadRequest(id+13, 0, 1, 1, 4097), // bytes out of range
+		ReadRequest(id+14, 0, MaxTouchCount+1, 0, 8),
+		{ID: id + 15, Op: OpRead, Count: 1, Write: true},
+	}
+}
+
+func TestGuestReadMatchesModel(t *testing.T) {
+	const seed, heapMB = 3, 1
+	initrd := testInitrd(1)
+	path := filepath.Join(t.TempDir(), "initrd")
+	if err := os.WriteFile(path, initrd, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	heap := NewHeap(seed, heapMB)
+	heap.Initrd = initrd
+	h := startProto(t, seed, heap.Pages, path)
+	rw := struct {
+		io.Reader
+		io.Writer
+	}{h.out, h.in}
+	reqs := append(initrdReads(1),
+		Request{ID: 30, Op: OpTouch, Start: 2, Count: 3, Stride: 1, Write: true, Bytes: 8},
+		Request{ID: 31, Op: OpTouch, Start: 2, Count: 3, Stride: 1, Bytes: 4096},
+		Request{ID: 32, Op: OpTouch, Start: 0, Count: 256, Stride: 1, Bytes: 1},
+		Request{ID: 33, Op: OpTouch, Start: 0, Count: 1, Stride: 1, Bytes: 4097},
+		TouchRequest(34, 2, 3, 1, false))
+	errs := 0
+	for _, req := range reqs {
+		want := heap.Apply(req)
+		got, err := Call(rw, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("%+v: guest %+v, model %+v", req, got, want)
+		}
+		if got.Error != "" {
+			errs++
+		}
+	}
+	if errs != 6 {
+		t.Errorf("%d error responses, want 6", errs)
+	}
+	for _, c := range []struct {
+		in   string
+		want Response
+	}{
+		{`{"id":40,"op":"read"}`, heap.Apply(Request{ID: 40, Op: OpRead, Count: 1, Stride: 1})},
+		{`{"id":41,"op":"read","bytes":4096,"start":10}`, heap.Apply(ReadRequest(41, 10, 1, 1, 0))},
+		{`{"id":42,"op":"read","bytes":0}`, Response{ID: 42, Error: "bytes out of range"}},
+		{`{"id":43,"op":"touch","bytes":0}`, Response{ID: 43, Error: "bytes out of range"}},
+		{`{"id":44,"op":"read","bytes":-1}`, Response{ID: 44, Error: "bad number"}},
+		{`{"id":45,"op":"exit","bytes":7}`, Response{ID: 45, OK: true}},
+	} {
+		if got := h.raw(t, c.in); got != c.want {
+			t.Errorf("%s: guest %+v, want %+v", c.in, got, c.want)
+		}
+	}
+
+	// Without an initrd every read is refused.
+	h2 := startProto(t, seed, heap.Pages)
+	rw2 := struct {
+		io.Reader
+		io.Writer
+	}{h2.out, h2.in}
+	heap2 := NewHeap(seed, heapMB)
+	for _, req := range []Request{ReadRequest(1, 0, 1, 1, 8), ReadRequest(2, 0, 0, 1, 0)} {
+		got, err := Call(rw2, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := heap2.Apply(req); got != want || got.Error != "no initrd" {
+			t.Errorf("%+v without an initrd: guest %+v, model %+v", req, got, want)
+		}
+	}
+}
+
+func TestInitrdModel(t *testing.T) {
+	initrd := testInitrd(2)
+	last := make([]byte, PageSize)
+	copy(last, initrd[10*PageSize:])
+	page := func(p uint64) []byte { return initrd[p*PageSize : (p+1)*PageSize] }
+	for _, c := range []struct {
+		req  Request
+		want Response
+	}{
+		{ReadRequest(1, 0, 2, 1, 0), Response{ID: 1, Pages: 2, Checksum: Checksum([][]byte{page(0), page(1)})}},
+		{ReadRequest(2, 1, 2, 9, 4096), Response{ID: 2, Pages: 2, Checksum: Checksum([][]byte{page(1), last})}},
+		{ReadRequest(3, 3, 3, 0, 8), Response{ID: 3, Pages: 3, Checksum: Checksum([][]byte{page(3)[:8], page(3)[:8], page(3)[:8]})}},
+		{ReadRequest(4, 10, 1, 1, 200), Response{ID: 4, Pages: 1, Checksum: Checksum([][]byte{initrd[10*PageSize:], make([]byte, 100)})}},
+		{ReadRequest(5, 0, 0, 1, 0), Response{ID: 5, Checksum: Checksum(nil)}},
+		{ReadRequest(6, 11, 1, 1, 0), Response{ID: 6, Error: "page out of range"}},
+		{ReadRequest(7, 0, 1, 1, PageSize+1), Response{ID: 7, Error: "bytes out of range"}},
+		{TouchRequest(8, 0, 1, 1, false), Response{ID: 8, Error: "unknown op"}},
+	} {
+		if got := InitrdChecksum(initrd, c.req); got != c.want {
+			t.Errorf("%+v: %+v, want %+v", c.req, got, c.want)
+		}
+	}
+	if got := InitrdChecksum(nil, ReadRequest(9, 0, 1, 1, 0)); got.Error != "no initrd" {
+		t.Errorf("no initrd: %+v", got)
+	}
+	if n := InitrdPages(uint64(len(initrd))); n != 11 {
+		t.Errorf("InitrdPages = %d", n)
+	}
+	// Touch with bytes hashes a prefix of each page; without, all of it.
+	h := NewHeap(5, 1)
+	r := h.Apply(Request{ID: 1, Op: OpTouch, Start: 2, Count: 2, Stride: 1, Write: true, Bytes: 16})
+	if want := Checksum([][]byte{PageBytes(5, 2, 1)[:16], PageBytes(5, 3, 1)[:16]}); r.Checksum != want {
+		t.Errorf("touch bytes 16: %+v, want %s", r, want)
+	}
+	b, _ := json.Marshal(ReadRequest(3, 1, 2, 3, 8))
+	if got, want := string(b), `{"id":3,"op":"read","start":1,"count":2,"stride":3,"write":false,"bytes":8}`; got != want {
+		t.Errorf("JSON %s, want %s", got, want)
+	}
+	b, _ = json.Marshal(ExitRequest(4))
+	if got, want := string(b), `{"id":4,"op":"exit","start":0,"count":0,"stride":0,"write":false}`; got != want {
+		t.Errorf("exit JSON %s, want %s", got, want)
+	}
+}
+
 func TestHeapModel(t *testing.T) {
 	h := NewHeap(5, 1)
 	if h.Pages != 256 {
@@ -466,10 +613,14 @@ func TestDiskImageAndConfig(t *testing.T) {
 		t.Errorf("Cmdline:\n%s\nwant\n%s", got, want)
 	}
 	con := ParseConsole("snapfaas testguest v1\r\nconfig: x\ndisk: hello\ndisk-checksum: 0123456789abcdef\n" +
-		"disk-id: abc\nheap: 512 pages at 0x200000\nready\n")
+		"disk-id: abc\ninitrd: 41060 bytes at 0x3ff5000\nheap: 512 pages at 0x200000\nready\n")
 	if !con.Banner || con.Config != "x" || con.Disk != "hello" || con.DiskChecksum != "0123456789abcdef" ||
-		con.DiskID != "abc" || con.HeapPages != 512 || con.HeapAddr != 0x200000 || !con.Ready {
+		con.DiskID != "abc" || con.HeapPages != 512 || con.HeapAddr != 0x200000 || !con.Ready ||
+		con.Initrd != "41060 bytes at 0x3ff5000" || con.InitrdSize != 41060 || con.InitrdAddr != 0x3ff5000 {
 		t.Errorf("ParseConsole: %+v", con)
+	}
+	if con := ParseConsole("initrd: none\n"); con.Initrd != "none" || con.InitrdSize != 0 {
+		t.Errorf("ParseConsole initrd none: %+v", con)
 	}
 }
 

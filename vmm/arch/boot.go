@@ -55,7 +55,7 @@ func RAMRegions(memSize uint64) []RAMRegion {
 // Zero-page (struct boot_params) offsets, from
 // arch/x86/include/uapi/asm/bootparam.h.
 const (
-	bpExtCmdlinePtr = 0x0c0
+	bpExtCmdlinePtr = 0x0c8 // ext_cmd_line_ptr (0x0c0/0x0c4: ext_ramdisk_image/size, left 0)
 	bpE820Entries   = 0x1e8
 	bpHdr           = 0x1f1 // struct setup_header starts here
 	bpSetupSects    = 0x1f1

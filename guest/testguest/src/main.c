@@ -302,6 +302,9 @@ static struct {
 } ram[MAX_RAM];
 static int nram, have_map;
 
+/* The initrd from boot_params (ramdisk_image/size); size 0: none. */
+static u64 initrd_addr, initrd_size;
+
 static void add_ram(u64 addr, u64 size, u32 type)
 {
 	have_map = 1;
@@ -475,12 +478,15 @@ static void read_boot_info(const u8 *bp, const u8 *pvh)
 	int i;
 
 	if (bp) {
-		u64 ptr = rd32(bp + 0x228) | (u64)rd32(bp + 0x0c0) << 32;
+		u64 ptr = rd32(bp + 0x228) | (u64)rd32(bp + 0x0c8) << 32;
 		u32 size = rd32(bp + 0x238);
 		int ne = bp[0x1e8];
 		if (size)
 			max = size;
 		cl = (const char *)ptr;
+		/* ramdisk_image/size, with ext_ramdisk_image/size as high halves. */
+		initrd_addr = rd32(bp + 0x218) | (u64)rd32(bp + 0x0c0) << 32;
+		initrd_size = rd32(bp + 0x21c) | (u64)rd32(bp + 0x0c4) << 32;
 		for (i = 0; i < ne && i < 128; i++) {
 			const u8 *e = bp + 0x2d0 + 20 * i;
 			add_ram(rd64(e), rd64(e + 8), rd32(e + 16));
@@ -1142,7 +1148,8 @@ static void vs_serve(void)
 		} else if (slen - shead < 4 + n) {
 			break;
 		} else {
-			exit = tg_handle(f + 4, n, heap, heap_pages, &r);
+			struct tg_mem m = {heap, heap_pages, (const u8 *)initrd_addr, initrd_size};
+			exit = tg_handle(f + 4, n, &m, &r);
 			shead += 4 + n;
 			vs.fwd_cnt += 4 + n;
 		}
@@ -1264,19 +1271,48 @@ static void probe(void)
 	}
 }
 
+/*
+ * Reports the initrd; one outside RAM or the 4 GiB identity map is
+ * reported and then ignored (read requests answer "no initrd").
+ */
+static void initrd_report(void)
+{
+	u64 end = initrd_addr + initrd_size;
+
+	line_begin();
+	sb_s(&L, "initrd: ");
+	if (!initrd_size) {
+		sb_s(&L, "none");
+	} else {
+		sb_u(&L, initrd_size);
+		sb_s(&L, " bytes at 0x");
+		sb_x(&L, initrd_addr);
+		if (end < initrd_addr || end > 0x100000000ULL || !ram_covers(initrd_addr, end)) {
+			sb_s(&L, " outside RAM (ignored)");
+			initrd_addr = initrd_size = 0;
+		}
+	}
+	line_end();
+}
+
 static void fill_heap(void)
 {
 	u64 base = ((u64)_end + 0x1fffff) & ~0x1fffffULL;
 	u64 size = cfg.heap_mb << 20;
 	u64 i, j, *w;
+	const char *err = 0;
 
-	if (cfg.heap_mb > 4096 || base + size > 0xc0000000ULL || !ram_covers(base, base + size)) {
+	if (cfg.heap_mb > 4096 || base + size > 0xc0000000ULL || !ram_covers(base, base + size))
+		err = " does not fit in RAM";
+	else if (initrd_size && size && base < initrd_addr + initrd_size && initrd_addr < base + size)
+		err = " overlaps the initrd";
+	if (err) {
 		line_begin();
 		sb_s(&L, "heap: ");
 		sb_u(&L, cfg.heap_mb);
 		sb_s(&L, " MiB at 0x");
 		sb_x(&L, base);
-		sb_s(&L, " does not fit in RAM");
+		sb_s(&L, err);
 		line_end();
 		machine_reset();
 	}
@@ -1330,6 +1366,7 @@ void __attribute__((used, noreturn)) kmain(const u8 *bp, const u8 *pvh)
 	else
 		say("disk: none");
 
+	initrd_report();
 	fill_heap();
 
 	outb(PORT_SNAPSHOT, 123); /* boot done */

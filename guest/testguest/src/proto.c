@@ -1,6 +1,6 @@
 /*
  * The request protocol: a small string builder, the JSON request parser
- * and the touch operation. Freestanding and hardware-free, so the Go tests
+ * and the touch and read operations. Freestanding and hardware-free, so the Go tests
  * also compile it into a host program (testdata/hostproto.c) and check it
  * against the Go model. Included by main.c; needs ref.h first.
  */
@@ -61,14 +61,23 @@ static void sb_x16(struct tg_sb *b, tg_u64 v)
 		sb_ch(b, tg_hexdig[(v >> i) & 15]);
 }
 
-enum { TG_OP_NONE, TG_OP_TOUCH, TG_OP_EXIT };
+enum { TG_OP_NONE, TG_OP_TOUCH, TG_OP_EXIT, TG_OP_READ };
 
-/* Most pages one touch request may name (bounds the time one takes). */
+/* Most pages one touch or read request may name (bounds its time). */
 #define TG_MAX_COUNT (1ULL << 24)
+#define TG_PAGE 4096ULL
 
 struct tg_req {
-	tg_u64 id, start, count, stride;
+	tg_u64 id, start, count, stride, bytes;
 	int op, write;
+};
+
+/* What requests work on: the heap and the initrd (size 0: none). */
+struct tg_mem {
+	tg_u64 *heap;
+	tg_u64 heap_pages;
+	const unsigned char *initrd;
+	tg_u64 initrd_size;
 };
 
 struct tg_parser {
@@ -155,9 +164,9 @@ static const char *tg_bool(struct tg_parser *ps, int *v)
 }
 
 /*
- * Parses {"id":N,"op":"touch"|"exit","start":S,"count":C,"stride":K,
- * "write":true|false} in any order. Defaults: start 0, count 1, stride 1,
- * write false. Returns an error string, or 0; r->id is set as soon as the
+ * Parses {"id":N,"op":"touch"|"read"|"exit","start":S,"count":C,
+ * "stride":K,"write":true|false,"bytes":B} in any order. Defaults: start
+ * 0, count 1, stride 1, write false, bytes 4096. Returns an error string, or 0; r->id is set as soon as the
  * id has been read, so an error response can carry it.
  */
 static const char *tg_parse_req(const unsigned char *p, unsigned long n, struct tg_req *r)
@@ -171,6 +180,7 @@ static const char *tg_parse_req(const unsigned char *p, unsigned long n, struct 
 	r->start = 0;
 	r->count = 1;
 	r->stride = 1;
+	r->bytes = TG_PAGE;
 	r->write = 0;
 
 	tg_ws(&ps);
@@ -201,6 +211,8 @@ static const char *tg_parse_req(const unsigned char *p, unsigned long n, struct 
 				err = tg_num(&ps, &r->count);
 			} else if (tg_eq(k, kl, "stride")) {
 				err = tg_num(&ps, &r->stride);
+			} else if (tg_eq(k, kl, "bytes")) {
+				err = tg_num(&ps, &r->bytes);
 			} else if (tg_eq(k, kl, "write")) {
 				err = tg_bool(&ps, &r->write);
 			} else if (tg_eq(k, kl, "op")) {
@@ -208,6 +220,8 @@ static const char *tg_parse_req(const unsigned char *p, unsigned long n, struct 
 				if (!err) {
 					if (tg_eq(s, sl, "touch"))
 						r->op = TG_OP_TOUCH;
+					else if (tg_eq(s, sl, "read"))
+						r->op = TG_OP_READ;
 					else if (tg_eq(s, sl, "exit"))
 						r->op = TG_OP_EXIT;
 					else
@@ -243,21 +257,33 @@ static const char *tg_parse_req(const unsigned char *p, unsigned long n, struct 
 
 /*
  * Handles one request (the JSON bytes of one frame) and writes the JSON
- * response, unframed, to out. heap holds heap_pages pages of 512 words.
- * Returns 1 when the request was a valid exit.
+ * response, unframed, to out. m->heap holds m->heap_pages pages of 512
+ * words; m->initrd holds m->initrd_size bytes, read as pages of 4096 (the
+ * last one zero-padded). touch hashes the first `bytes` bytes of heap
+ * pages (after the write), read those of initrd pages. Returns 1 when the
+ * request was a valid exit.
  */
-static int tg_handle(const unsigned char *p, unsigned long n, tg_u64 *heap,
-		     tg_u64 heap_pages, struct tg_sb *out)
+static int tg_handle(const unsigned char *p, unsigned long n, const struct tg_mem *m,
+		     struct tg_sb *out)
 {
 	struct tg_req r;
 	const char *err = tg_parse_req(p, n, &r);
-	tg_u64 h = TG_FNV_OFFSET, k, pg;
+	tg_u64 h = TG_FNV_OFFSET, k, pg, pages = m->heap_pages;
 
-	if (!err && r.op == TG_OP_TOUCH) {
-		if (r.count > TG_MAX_COUNT)
+	if (!err && r.op == TG_OP_READ) {
+		if (!m->initrd_size)
+			err = "no initrd";
+		else if (r.write)
+			err = "write not allowed";
+		pages = (m->initrd_size + TG_PAGE - 1) / TG_PAGE;
+	}
+	if (!err && (r.op == TG_OP_TOUCH || r.op == TG_OP_READ)) {
+		if (r.bytes == 0 || r.bytes > TG_PAGE)
+			err = "bytes out of range";
+		else if (r.count > TG_MAX_COUNT)
 			err = "count too large";
-		else if (r.count && (r.start >= heap_pages ||
-				     (r.stride && (r.count - 1) > (heap_pages - 1 - r.start) / r.stride)))
+		else if (r.count && (r.start >= pages ||
+				     (r.stride && (r.count - 1) > (pages - 1 - r.start) / r.stride)))
 			err = "page out of range";
 	}
 	sb_s(out, "{\"id\":");
@@ -273,10 +299,17 @@ static int tg_handle(const unsigned char *p, unsigned long n, tg_u64 *heap,
 		return 1;
 	}
 	for (k = 0, pg = r.start; k < r.count; k++, pg += r.stride) {
-		tg_u64 *w = heap + pg * 512;
-		if (r.write)
-			w[0] += 1;
-		h = tg_fnv1a(h, (const unsigned char *)w, 4096);
+		if (r.op == TG_OP_READ) {
+			tg_u64 left = m->initrd_size - pg * TG_PAGE, b = r.bytes < left ? r.bytes : left;
+			h = tg_fnv1a(h, m->initrd + pg * TG_PAGE, (unsigned long)b);
+			for (; b < r.bytes; b++) /* past the end: zero bytes */
+				h *= TG_FNV_PRIME;
+		} else {
+			tg_u64 *w = m->heap + pg * 512;
+			if (r.write)
+				w[0] += 1;
+			h = tg_fnv1a(h, (const unsigned char *)w, (unsigned long)r.bytes);
+		}
 	}
 	sb_s(out, ",\"pages\":");
 	sb_u(out, r.count);

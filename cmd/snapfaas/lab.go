@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/snapfaas/snapfaas/guest/testguest"
+)
+
+// lab drives `snapfaas run` (this very binary, as a user would) against
+// one store with the test guest, for the demo and the restore benchmark:
+// each trial feeds requests on stdin, checks every answer against the
+// guest's model, and reads back the --stats JSON.
+type lab struct {
+	self, store, snapstore string
+	work                   string
+	log                    io.Writer // run's stderr goes here (nil: kept only for errors)
+}
+
+func newLab(store, snapstore string) (*lab, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	work, err := os.MkdirTemp("", "snapfaas-lab-")
+	if err != nil {
+		return nil, err
+	}
+	return &lab{self: self, store: store, snapstore: snapstore, work: work}, nil
+}
+
+// close stops the sidecar that runs started for the store and removes the
+// lab's scratch files.
+func (l *lab) close() {
+	l.stopSidecar()
+	os.RemoveAll(l.work)
+}
+
+func (l *lab) stopSidecar() {
+	b, err := os.ReadFile(filepath.Join(l.store, "LOCK"))
+	if err != nil {
+		return
+	}
+	var pid int
+	if _, err := fmt.Sscanf(string(b), "pid %d", &pid); err != nil || pid <= 0 || !strings.Contains(string(b), "serve") {
+		return
+	}
+	if syscall.Kill(pid, syscall.SIGTERM) != nil {
+		return
+	}
+	for i := 0; i < 200 && syscall.Kill(pid, 0) == nil; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// trial runs `snapfaas run ARGS` with reqs on stdin and checks the answers
+// against model (which it advances); it returns run's statistics.
+func (l *lab) trial(model *testguest.Heap, initrd []byte, reqs []testguest.Request, args ...string) (runStats, error) {
+	statsPath := filepath.Join(l.work, "stats.json")
+	os.Remove(statsPath)
+	full := append([]string{"run", "--store", l.store, "--stats", statsPath}, args...)
+	if l.snapstore != "" {
+		full = append(full, "--snapstore", l.snapstore)
+	}
+	cmd := exec.Command(l.self, full...)
+	var in bytes.Buffer
+	var want []testguest.Response
+	for _, r := range reqs {
+		b, _ := json.Marshal(r)
+		in.Write(append(b, '\n'))
+		if r.Op == testguest.OpRead {
+			want = append(want, testguest.InitrdChecksum(initrd, r))
+		} else {
+			want = append(want, model.Apply(r))
+		}
+	}
+	cmd.Stdin = &in
+	var so, se bytes.Buffer
+	cmd.Stdout = &so
+	cmd.Stderr = &se
+	if l.log != nil {
+		cmd.Stderr = io.MultiWriter(&se, l.log)
+	}
+	if err := cmd.Run(); err != nil {
+		return runStats{}, fmt.Errorf("snapfaas %s: %v\n%s", strings.Join(args, " "), err, tailLines(se.String(), 15))
+	}
+	sc := bufio.NewScanner(&so)
+	for i := 0; sc.Scan(); i++ {
+		var got testguest.Response
+		if err := json.Unmarshal(sc.Bytes(), &got); err != nil || i >= len(want) || got != want[i] {
+			return runStats{}, fmt.Errorf("snapfaas %s: answer %d is %s; the guest's model says %+v", strings.Join(args, " "), i+1, sc.Text(), want[min(i, len(want)-1)])
+		}
+	}
+	var st runStats
+	b, err := os.ReadFile(statsPath)
+	if err == nil {
+		err = json.Unmarshal(b, &st)
+	}
+	if err != nil {
+		return runStats{}, fmt.Errorf("snapfaas %s: stats: %w", strings.Join(args, " "), err)
+	}
+	if len(st.Requests) != len(reqs) {
+		return runStats{}, fmt.Errorf("snapfaas %s: %d answers for %d requests", strings.Join(args, " "), len(st.Requests), len(reqs))
+	}
+	return st, nil
+}
+
+// inspect returns `snapstore inspect --json name`.
+func (l *lab) inspect(name string) (map[string]any, error) {
+	bin := l.snapstore
+	if bin == "" {
+		bin = filepath.Join(filepath.Dir(l.self), "snapstore")
+		if !fileExists(bin) {
+			bin = "snapstore"
+		}
+	}
+	out, err := exec.Command(bin, "--store", l.store, "inspect", "--json", name).Output()
+	if err != nil {
+		return nil, fmt.Errorf("snapstore inspect %s: %v", name, err)
+	}
+	var m map[string]any
+	return m, json.Unmarshal(out, &m)
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// mib formats a byte count.
+func mib(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.0f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }

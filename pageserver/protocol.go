@@ -52,8 +52,9 @@ type Reply struct {
 // Request is a control message a snapfaas client sends after the handoff
 // reply, one JSON line each; every request gets one Reply.
 type Request struct {
-	// Op is "metrics", "save_working_set" or "bye" (save the working set
-	// if recording, then end the session cleanly).
+	// Op is "metrics", "save_working_set" (save the pages recorded so far
+	// as the snapshot's working set and stop recording) or "bye" (save the
+	// working set if recording, then end the session cleanly).
 	Op string `json:"op"`
 }
 

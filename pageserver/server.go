@@ -293,6 +293,7 @@ func (s *Server) control(ctx context.Context, conn *net.UnixConn, ss *session, f
 				_ = writeReply(conn, Reply{Error: "the session is not recording (handoff without record)"})
 				continue
 			}
+			ss.stopRecording() // a working set is what one request touched
 			n, err := s.saveWorkingSet(ss)
 			if err != nil {
 				_ = writeReply(conn, Reply{Error: err.Error()})

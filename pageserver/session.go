@@ -406,6 +406,14 @@ func (s *session) installWS(from, to int, arena []byte) (int, error) {
 	return installed, nil
 }
 
+// stopRecording freezes the recorded working set (later faults are not
+// added; bye saves the same set again).
+func (s *session) stopRecording() {
+	s.mu.Lock()
+	s.seen = nil
+	s.mu.Unlock()
+}
+
 // workingSet returns what to store as the new working set: the faults in
 // first-touch order, after the prefetched set when prefetch was on (a
 // prefetched page never faults, so its touch cannot be observed).

@@ -209,7 +209,11 @@ func Restore(cfg Config, st *State, fill func(mem []byte) error) (_ *VM, err err
 		if st.Vsock != nil {
 			vm.vsock.State = *st.Vsock
 		}
-		vm.vsock.TransportReset()
+		// Told when the VM first runs: guest memory (the event queue)
+		// may not be there yet; a lazily restored VM gets it from the
+		// sidecar only after LazyMemory. Touching it now would read
+		// (and map) zeros instead of the snapshot's pages.
+		vm.pendingReset = true
 	}
 	return vm, nil
 }

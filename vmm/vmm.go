@@ -111,6 +111,8 @@ type VM struct {
 	virtio []string
 	// devDirty marks the pages devices accessed, with TrackDirty.
 	devDirty *pageBits
+	// pendingReset: a restored VM's vsock transport reset, sent on Run.
+	pendingReset bool
 
 	stopOnce sync.Once
 	stopping atomic.Bool
@@ -405,6 +407,10 @@ func (vm *VM) Memory() []byte { return vm.mem }
 func (vm *VM) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { vm.stop(ctx.Err()) })
 	defer stop()
+	if vm.pendingReset {
+		vm.pendingReset = false
+		vm.vsock.TransportReset()
+	}
 	var wg sync.WaitGroup
 	vm.pmu.Lock()
 	vm.running = len(vm.vcpus)
@@ -420,6 +426,11 @@ func (vm *VM) Run(ctx context.Context) error {
 	}
 	<-vm.done
 	wg.Wait()
+	if vm.vsock != nil {
+		// The VM is over: its devices must not fault on guest memory
+		// that nobody may serve any more (a lazily restored VM's).
+		vm.vsock.Quiesce()
+	}
 	if errors.Is(vm.err, ErrReset) {
 		return nil
 	}

@@ -163,19 +163,53 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 		many = append(many, testguest.TouchRequest(i, (i*37)%testguest.HeapPages(cfg.HeapMB), 1+i%5, 1+i%3, i%4 == 0))
 	}
 	run(nil, many, "--load_dir", "tg")
-	if se := run(nil, reqs, "--load_dir", "tg", "--dump_ws"); !strings.Contains(se, "working-set pages recorded") {
+	// The working set is what the restore and the first request touch
+	// (200 heap pages here), not what later requests do (heap page 240).
+	wsReqs := []testguest.Request{{ID: 1, Op: testguest.OpTouch, Start: 0, Count: 200, Stride: 1, Bytes: 8}, testguest.TouchRequest(2, 240, 1, 1, false)}
+	if se := run(nil, wsReqs, "--load_dir", "tg", "--dump_ws"); !strings.Contains(se, "working set: ") {
 		t.Fatalf("dump_ws: %s", se)
 	}
-	se := run(nil, reqs, "--load_dir", "tg", "--load_ws")
-	var faults, prefetched int
-	if i := strings.Index(se, "memory: "); i < 0 {
-		t.Fatalf("no memory line:\n%s", se)
-	} else if _, err := fmt.Sscanf(se[i:], "memory: %d faults, %d prefetched", &faults, &prefetched); err != nil {
-		t.Fatalf("memory line: %v\n%s", err, se)
+	out, err := exec.Command(filepath.Join(filepath.Dir(bin), "snapstore"), "--store", store, "workingset", "get", "tg").Output()
+	if err != nil {
+		t.Fatalf("workingset get: %v", err)
 	}
-	// The guest may race the prefetcher to a page or two, not more.
-	if prefetched == 0 || faults*10 > prefetched {
-		t.Errorf("with the working set prefetched: %d faults, %d prefetched:\n%s", faults, prefetched, se)
+	var ws []uint32
+	if err := json.Unmarshal(out, &ws); err != nil {
+		t.Fatalf("workingset get: %v\n%s", err, out)
+	}
+	inWS := map[uint32]bool{}
+	for _, p := range ws {
+		inWS[p] = true
+	}
+	const heapBase = 0x200000 / 4096
+	for p := uint32(0); p < 200; p++ {
+		if !inWS[heapBase+p] {
+			t.Fatalf("heap page %d is not in the working set (%d pages)", p, len(ws))
+		}
+	}
+	if inWS[heapBase+240] {
+		t.Fatalf("heap page 240, touched by the second request, is in the working set")
+	}
+	// Prefetched, at least 99 % of it is in before the guest touches it.
+	statsPath := filepath.Join(t.TempDir(), "stats.json")
+	run(nil, wsReqs, "--load_dir", "tg", "--load_ws", "--stats", statsPath)
+	var st struct {
+		PageServer struct {
+			WorkingSet int `json:"working_set"`
+			Prefetched int `json:"prefetched"`
+			WSFaults   int `json:"ws_faults"`
+			Faults     int `json:"faults"`
+		} `json:"page_server"`
+	}
+	if b, err := os.ReadFile(statsPath); err != nil {
+		t.Fatal(err)
+	} else if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatalf("stats: %v\n%s", err, b)
+	}
+	ps := st.PageServer
+	t.Logf("working set %d pages: %d prefetched, %d faults on working-set pages, %d faults in all", ps.WorkingSet, ps.Prefetched, ps.WSFaults, ps.Faults)
+	if ps.WorkingSet != len(ws) || ps.WSFaults*100 > ps.WorkingSet || ps.Prefetched+ps.WSFaults < ps.WorkingSet*99/100 {
+		t.Errorf("with the working set prefetched: %+v", ps)
 	}
 	run(nil, reqs, "--load_dir", "tg", "--copy_base")
 
@@ -183,7 +217,7 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 	// restored (lazily, or eagerly), the guest carries on from there.
 	warm := []testguest.Request{testguest.TouchRequest(1, 20, 10, 3, true), testguest.TouchRequest(2, 21, 1, 1, true)}
 	run(nil, warm, "--load_dir", "tg", "--dump_dir", "fn", "--diff")
-	out, err := exec.Command(bin[:len(bin)-len("snapfaas")]+"snapstore", "--store", store, "inspect", "--json", "fn").CombinedOutput()
+	out, err = exec.Command(filepath.Join(filepath.Dir(bin), "snapstore"), "--store", store, "inspect", "--json", "fn").CombinedOutput()
 	if err != nil {
 		t.Fatalf("inspect: %v\n%s", err, out)
 	}

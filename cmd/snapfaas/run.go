@@ -47,7 +47,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "dump_dir", Usage: "store a snapshot `NAME`: when booting, at the guest's snapshot point (and go on); when restoring, after the last request (a full-app snapshot, or with --diff only the pages that changed)"},
 			&cli.BoolFlag{Name: "diff", Usage: "with --load_dir and --dump_dir: store a diff snapshot on top of the loaded one (dirty pages only)"},
 			&cli.StringFlag{Name: "load_dir", Usage: "restore snapshot `NAME` instead of booting"},
-			&cli.BoolFlag{Name: "dump_ws", Usage: "record the pages the requests touch as the snapshot's working set"},
+			&cli.BoolFlag{Name: "dump_ws", Usage: "record the pages the restore and the first request touch as the snapshot's working set"},
 			&cli.BoolFlag{Name: "load_ws", Usage: "prefetch the snapshot's working set on restore"},
 			&cli.BoolFlag{Name: "copy_base", Usage: "copy all memory before running (eager restore) instead of serving it lazily"},
 			&cli.BoolFlag{Name: "force_exit", Usage: "exit as soon as stdin ends, without waiting for the guest"},
@@ -267,9 +267,19 @@ func runAction(c *cli.Context) error {
 	}
 	stats.Ready = time.Since(start)
 	fmt.Fprintf(os.Stderr, "VM ready in %s\n", stats.Ready.Round(time.Microsecond))
-	err = serveStdin(conn, conns, done, func(d time.Duration) {
+	defer func() { conn.Close() }()
+	err = serveStdin(&conn, conns, done, func(d time.Duration) {
 		if stats.Requests == nil {
 			stats.FirstResponse = time.Since(start)
+			if client != nil && c.Bool("dump_ws") {
+				// The working set is what restoring and serving the
+				// first request touched.
+				if n, err := client.SaveWorkingSet(); err != nil {
+					fmt.Fprintf(os.Stderr, "snapfaas: saving the working set: %v\n", err)
+				} else {
+					fmt.Fprintf(os.Stderr, "working set: %d pages (restore and first request)\n", n)
+				}
+			}
 		}
 		stats.Requests = append(stats.Requests, d)
 	})
@@ -287,6 +297,7 @@ func runAction(c *cli.Context) error {
 		}
 		fmt.Fprintf(os.Stderr, "snapshot %q stored in %s\n", dump, time.Since(t0).Round(time.Millisecond))
 	}
+	conn.Close()
 	// Stop the VM before ending the page-server session: once the session
 	// ends nobody serves its faults, and a fault then (in device code
 	// running Go, not in KVM_RUN) would never return.
@@ -412,8 +423,13 @@ func nextConn(conns <-chan net.Conn, done <-chan error) (net.Conn, error) {
 // Until the first answer, a new guest connection replaces the current one
 // (a restored guest reconnects when it sees the transport reset, without
 // closing its old connection) and the request is sent again.
-func serveStdin(conn net.Conn, conns <-chan net.Conn, done <-chan error, onAnswer func(time.Duration)) error {
-	defer func() { conn.Close() }()
+//
+// The guest's current connection stays open, left in *connp for the
+// caller to close: a snapshot taken after the last request must find the
+// guest idle and connected, not busy reconnecting.
+func serveStdin(connp *net.Conn, conns <-chan net.Conn, done <-chan error, onAnswer func(time.Duration)) error {
+	conn := *connp
+	defer func() { *connp = conn }()
 	took := func(d time.Duration) {
 		fmt.Fprintf(os.Stderr, "request took %s\n", d.Round(time.Microsecond))
 		onAnswer(d)

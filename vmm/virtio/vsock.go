@@ -156,6 +156,15 @@ func (v *Vsock) Close() error {
 	return v.ln.Close()
 }
 
+// Quiesce stops the device touching guest memory: host-side events that
+// arrive later (a connection closing) are dropped. For a VM that has
+// stopped, whose memory may no longer be served.
+func (v *Vsock) Quiesce() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.queues = nil
+}
+
 // Type implements Device.
 func (v *Vsock) Type() uint32 { return TypeVsock }
 

@@ -1027,23 +1027,27 @@ static void vs_poll(void)
 	u32 id, len;
 	int got = 0;
 
-	while (vq_used(&vs.rx, &id, &len)) {
-		if (id < vs.rx.num) {
-			vs_packet(rxbufs[id], len);
-			rx_give((u16)id);
-		}
-		got = 1;
-	}
 	while (vq_used(&vs.ev, &id, &len)) {
 		if (id < vs.ev.num) {
 			if (len >= 4 && rd32(evbufs[id]) == 0) {
-				/* VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (after a restore). */
+				/*
+				 * VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (after a
+				 * restore), first: packets queued with it
+				 * belong to connections it ended.
+				 */
 				vs.cid = vdev_cfg64(vs.base, 0);
 				vs_close("transport reset");
 			}
 			ev_give((u16)id);
 		}
-		got = 2 | got;
+		got = 2;
+	}
+	while (vq_used(&vs.rx, &id, &len)) {
+		if (id < vs.rx.num) {
+			vs_packet(rxbufs[id], len);
+			rx_give((u16)id);
+		}
+		got |= 1;
 	}
 	if (got & 1)
 		vq_notify(&vs.rx);
@@ -1176,6 +1180,9 @@ static void vs_serve(void)
 
 static void __attribute__((noreturn)) vsock_run(void)
 {
+	/* A restored VM may have a transport reset waiting: take it before
+	 * connecting, not after. */
+	vs_poll();
 	vs.cid = vdev_cfg64(vs.base, 0);
 	for (;;) {
 		if (vs.state != VS_CONNECTED && !vs_connect()) {

@@ -170,6 +170,20 @@ func TestLazyRestoreThroughSidecar(t *testing.T) {
 		t.Fatalf("working set %d (recorded %d), prefetched %d", m2.WorkingSet, m.Recorded, m2.Prefetched)
 	}
 
+	// Guest memory touched before the handoff would shadow the snapshot's
+	// pages: LazyMemory refuses.
+	if st, err := UnmarshalState(blob); err != nil {
+		t.Fatal(err)
+	} else if vm, err := Restore(Config{Kernel: elf, HideEmulatorUnsafe: true, Vsock: &Vsock{CID: 3, Path: filepath.Join(t.TempDir(), "t.sock")}}, st, nil); err != nil {
+		t.Fatal(err)
+	} else {
+		vm.Memory()[5<<12] = 1
+		if _, _, err := vm.LazyMemory(sock, "tg", pageserver.Handoff{Client: "touched"}); err == nil || !strings.Contains(err.Error(), "page 5 is already present") {
+			t.Fatalf("LazyMemory over touched memory: %v", err)
+		}
+		vm.Close()
+	}
+
 	// The sidecar dies under a running VM: the VM stops with an error.
 	go func() {
 		time.Sleep(200 * time.Millisecond)

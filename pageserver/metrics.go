@@ -29,6 +29,10 @@ type Metrics struct {
 	Prefetched   uint64        `json:"prefetched"`
 	WSFaults     uint64        `json:"ws_faults"`
 	PrefetchDone time.Duration `json:"prefetch_done_ns,omitempty"`
+	// Copied is the pages installed before the reply (Copy, CopyLayer)
+	// and CopyTime how long that took.
+	Copied   uint64        `json:"copied,omitempty"`
+	CopyTime time.Duration `json:"copy_ns,omitempty"`
 	// Existed counts pages that were already present when installed (a
 	// race between prefetch and a fault, harmless).
 	Existed uint64 `json:"existed"`
@@ -124,9 +128,9 @@ func (h Histogram) Quantile(q float64) time.Duration {
 
 // counters are a session's live metrics.
 type counters struct {
-	faults, zeroFaults, around, prefetched, wsFaults, existed, removed, decompressed atomic.Uint64
-	prefetchDone, faultTime                                                          atomic.Int64
-	latency                                                                          hist
+	faults, zeroFaults, around, prefetched, wsFaults, existed, removed, decompressed, copied atomic.Uint64
+	prefetchDone, faultTime, copyTime                                                        atomic.Int64
+	latency                                                                                  hist
 }
 
 // BucketBounds returns the range [lo, hi) bucket i covers.

@@ -29,6 +29,12 @@ type Handoff struct {
 	// FaultAround installs, on a fault, every page of the faulting page's
 	// chunk run (up to the store's granularity) in one UFFDIO_COPY.
 	FaultAround bool `json:"fault_around,omitempty"`
+	// Copy installs every page before the reply: an eager restore
+	// through the sidecar (the VM never faults). CopyLayer installs only
+	// the snapshot's own layer's pages (a diff snapshot's diff; SnapFaaS's
+	// --copy_diff), leaving the parents' pages to faults and prefetch.
+	Copy      bool `json:"copy,omitempty"`
+	CopyLayer bool `json:"copy_layer,omitempty"`
 	// Client names the client in logs and metrics (e.g. the VM id).
 	Client string `json:"client,omitempty"`
 }

@@ -186,6 +186,12 @@ func (s *Server) handle(ctx context.Context, conn *net.UnixConn, bound string) {
 		fail(err)
 		return
 	}
+	if h.Copy || h.CopyLayer {
+		if err := ss.copyIn(!h.Copy); err != nil {
+			fail(fmt.Errorf("copying the memory in: %w", err))
+			return
+		}
+	}
 	if err := u.WatchPeer(conn); err != nil {
 		s.log.Debug("cannot watch peer; relying on the socket", "client", id, "err", err)
 	}

@@ -406,6 +406,50 @@ func (s *session) installWS(from, to int, arena []byte) (int, error) {
 	return installed, nil
 }
 
+// copyIn installs, before the VM runs, every page (leafOnly false: zero
+// runs with one UFFDIO_ZEROPAGE each, data a chunk run per UFFDIO_COPY) or
+// only the non-zero pages of the snapshot's own layer.
+func (s *session) copyIn(leafOnly bool) error {
+	start := time.Now()
+	pages := s.mem.Pages()
+	want := func(p int64) bool { return !leafOnly || s.mem.InLeaf(p) }
+	for p := int64(0); p < pages; {
+		addr, r, ok := s.hostAddr(p)
+		if !ok || !want(p) {
+			p++
+			continue
+		}
+		end := min(pages, r.first+int64(r.size/pageSize))
+		var q int64
+		var res uffd.Result
+		var err error
+		if s.mem.IsZero(p) {
+			for q = p + 1; q < end && s.mem.IsZero(q); q++ {
+			}
+			res, err = s.retry(func() (uffd.Result, error) { return s.u.ZeroPage(addr, uintptr(q-p)*pageSize, 0) })
+		} else {
+			first, data, decoded, rerr := s.mem.Run(p)
+			if rerr != nil {
+				return rerr
+			}
+			s.c.decompressed.Add(uint64(decoded))
+			q = min(end, first+int64(len(data)/pageSize))
+			res, err = s.retry(func() (uffd.Result, error) {
+				return s.u.Copy(addr, data[(p-first)*pageSize:(q-first)*pageSize], 0)
+			})
+		}
+		s.c.existed.Add(uint64(res.Existed / pageSize))
+		if err != nil {
+			return err
+		}
+		s.markRange(p, q)
+		s.c.copied.Add(uint64(q - p))
+		p = q
+	}
+	s.c.copyTime.Add(int64(time.Since(start)))
+	return nil
+}
+
 // stopRecording freezes the recorded working set (later faults are not
 // added; bye saves the same set again).
 func (s *session) stopRecording() {
@@ -444,6 +488,7 @@ func (s *session) metrics() Metrics {
 		Removed: s.c.removed.Load(), Decompressed: s.c.decompressed.Load(),
 		PrefetchDone: time.Duration(s.c.prefetchDone.Load()), Latency: s.c.latency.snapshot(),
 		FaultTime: time.Duration(s.c.faultTime.Load()),
+		Copied:    s.c.copied.Load(), CopyTime: time.Duration(s.c.copyTime.Load()),
 	}
 	if s.opts.Prefetch {
 		m.WorkingSet = len(s.mem.WorkingSet)

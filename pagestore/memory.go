@@ -246,6 +246,8 @@ type Memory struct {
 	VMState    []byte
 	chunks     []chunkRef
 	pages      []pageRef
+	// leafBase is the first of the leaf layer's chunks in chunks.
+	leafBase uint32
 }
 
 // pageRef locates one guest page: page off of chunks[chunk].
@@ -285,6 +287,7 @@ func (s *Store) OpenMemory(name string) (*Memory, error) {
 				return fmt.Errorf("snapshot %q: layer %q has memory size %d, want %d: %w", name, layer.Name, layer.MemSize, m.Info.MemSize, ErrCorrupt)
 			}
 			base := uint32(len(m.chunks))
+			m.leafBase = base
 			for _, h := range layer.Chunks {
 				loc, err := tx.Chunk(h)
 				if err != nil {
@@ -321,6 +324,14 @@ func (m *Memory) Pages() int64 { return int64(len(m.pages)) }
 
 // Size returns the guest memory size in bytes.
 func (m *Memory) Size() int64 { return m.Info.MemSize }
+
+// InLeaf reports whether page p's data comes from the snapshot's own
+// layer (its diff, for a diff snapshot) rather than a parent's; zero pages
+// are in no layer.
+func (m *Memory) InLeaf(p int64) bool {
+	c := m.pages[p].chunk
+	return c != noChunk && c >= m.leafBase
+}
 
 // IsZero reports whether page p is a zero page.
 func (m *Memory) IsZero(p int64) bool { return m.pages[p].chunk == noChunk }

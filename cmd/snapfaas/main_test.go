@@ -241,7 +241,26 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 		return h
 	}
 	run(after(), reqs, "--load_dir", "fn")
-	run(after(), reqs, "--load_dir", "fn", "--copy_base")
+	// Eager: the sidecar copies every page in first; copy_diff: only the
+	// diff's own (non-zero) pages.
+	copied := func(args ...string) uint64 {
+		t.Helper()
+		p := filepath.Join(t.TempDir(), "stats.json")
+		run(after(), reqs, append(args, "--stats", p)...)
+		var st runStats
+		if b, err := os.ReadFile(p); err != nil {
+			t.Fatal(err)
+		} else if err := json.Unmarshal(b, &st); err != nil || st.PageServer == nil {
+			t.Fatalf("stats: %v\n%s", err, b)
+		}
+		return st.PageServer.Copied
+	}
+	if n := copied("--load_dir", "fn", "--copy_base"); n != 64<<20/4096 {
+		t.Errorf("eager restore copied %d pages in, want all %d", n, 64<<20/4096)
+	}
+	if n := copied("--load_dir", "fn", "--copy_diff"); n == 0 || int64(n) > info.LayerPages {
+		t.Errorf("copy_diff copied %d pages in; the diff has %d", n, info.LayerPages)
+	}
 }
 
 // TestRunFailsClearly: a lazily restored VM whose sidecar is killed makes

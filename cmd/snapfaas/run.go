@@ -49,7 +49,8 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "load_dir", Usage: "restore snapshot `NAME` instead of booting"},
 			&cli.BoolFlag{Name: "dump_ws", Usage: "record the pages the restore and the first request touch as the snapshot's working set"},
 			&cli.BoolFlag{Name: "load_ws", Usage: "prefetch the snapshot's working set on restore"},
-			&cli.BoolFlag{Name: "copy_base", Usage: "copy all memory before running (eager restore) instead of serving it lazily"},
+			&cli.BoolFlag{Name: "copy_base", Usage: "copy all memory in before running (eager restore) instead of serving it on fault"},
+			&cli.BoolFlag{Name: "copy_diff", Usage: "copy the snapshot's own layer (a diff snapshot's diff) in before running; the parents' pages are served on fault"},
 			&cli.BoolFlag{Name: "force_exit", Usage: "exit as soon as stdin ends, without waiting for the guest"},
 			&cli.IntFlag{Name: "guest_port", Value: 1234, Usage: "vsock port the guest connects to"},
 			&cli.StringFlag{Name: "store", EnvVars: []string{"SNAPSTORE_DIR"}, Value: pagestore.DefaultDir(), Usage: "store `DIR`"},
@@ -178,6 +179,8 @@ func runAction(c *cli.Context) error {
 		stats.Mode = "lazy"
 		if c.Bool("copy_base") {
 			stats.Mode = "eager"
+		} else if c.Bool("copy_diff") {
+			stats.Mode = "copy_diff"
 		} else if c.Bool("load_ws") {
 			stats.Mode = "lazy+ws"
 		}
@@ -193,45 +196,31 @@ func runAction(c *cli.Context) error {
 		if err != nil {
 			return fmt.Errorf("snapshot %q: %w", load, err)
 		}
-		var fill func([]byte) error
-		if c.Bool("copy_base") {
-			memPath := filepath.Join(work, "memory")
-			if err := snapstore(c, "memory", "export", load, memPath); err != nil {
-				return err
-			}
-			fill = func(m []byte) error {
-				f, err := os.Open(memPath)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				_, err = io.ReadFull(f, m)
-				return err
-			}
-		}
-		if vm, err = vmm.Restore(cfg, st, fill); err != nil {
+		if vm, err = vmm.Restore(cfg, st, nil); err != nil {
 			return err
 		}
 		defer vm.Close()
-		if fill == nil {
-			sock, err := ensureSidecar(c)
-			if err != nil {
-				return err
-			}
-			client, _, err = vm.LazyMemory(sock, load, pageserver.Handoff{Client: "snapfaas-run", Prefetch: c.Bool("load_ws"), Record: c.Bool("dump_ws")})
-			if err != nil {
-				return err
-			}
-			go func() {
-				// The VM stops itself when the sidecar goes; a thread stuck
-				// in a fault that will never be served must not keep this
-				// process alive.
-				<-client.Lost()
-				time.Sleep(2 * time.Second)
-				fmt.Fprintf(os.Stderr, "snapfaas: guest memory of snapshot %q can no longer be served: %v\n", load, client.Err())
-				os.Exit(1)
-			}()
+		// Guest memory comes from the sidecar: all of it copied in
+		// before the VM runs (eager), the snapshot's own layer copied in
+		// (copy_diff), or served on fault, the working set prefetched.
+		sock, err := ensureSidecar(c)
+		if err != nil {
+			return err
 		}
+		client, _, err = vm.LazyMemory(sock, load, pageserver.Handoff{Client: "snapfaas-run", Copy: c.Bool("copy_base"), CopyLayer: c.Bool("copy_diff"),
+			Prefetch: c.Bool("load_ws"), Record: c.Bool("dump_ws")})
+		if err != nil {
+			return err
+		}
+		go func() {
+			// The VM stops itself when the sidecar goes; a thread stuck in
+			// a fault that will never be served must not keep this process
+			// alive.
+			<-client.Lost()
+			time.Sleep(2 * time.Second)
+			fmt.Fprintf(os.Stderr, "snapfaas: guest memory of snapshot %q can no longer be served: %v\n", load, client.Err())
+			os.Exit(1)
+		}()
 	} else {
 		if dump != "" {
 			cfg.PauseAt = 124
@@ -308,7 +297,7 @@ func runAction(c *cli.Context) error {
 		if err != nil {
 			return fmt.Errorf("page server: %w", err)
 		}
-		fmt.Fprintf(os.Stderr, "memory: %d faults, %d prefetched, %d working-set pages recorded\n", m.Faults, m.Prefetched, m.Recorded)
+		fmt.Fprintf(os.Stderr, "memory: %d faults, %d prefetched, %d copied in, %d working-set pages recorded\n", m.Faults, m.Prefetched, m.Copied, m.Recorded)
 		stats.PageServer = &m
 	}
 	if p := c.String("stats"); p != "" {

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,7 +14,6 @@ import (
 	"github.com/snapfaas/snapfaas/bench/corpus"
 	"github.com/snapfaas/snapfaas/bench/report"
 	"github.com/snapfaas/snapfaas/guest/testguest"
-	"github.com/snapfaas/snapfaas/vmm/kvm"
 )
 
 // snapfaas bench restore measures the three ways to restore a function VM
@@ -60,17 +57,9 @@ func benchRestore(c *cli.Context) error {
 	if memMiB < 32 || wsPct <= 0 || wsPct > 50 || rounds < 1 {
 		return usageError{"need --mem_size ≥ 32, 0 < --ws ≤ 50 and --rounds ≥ 1"}
 	}
-	if s, err := kvm.Open(); err != nil {
-		return fmt.Errorf("the benchmark runs VMs and needs KVM: %w", err)
-	} else {
-		s.Close()
-	}
 	t0 := time.Now()
 	progress := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...) }
-	elf, err := testguest.Build(filepath.Join(os.TempDir(), "snapfaas-testguest"))
-	if errors.Is(err, testguest.ErrNoCompiler) {
-		return fmt.Errorf("%w (install gcc)", err)
-	}
+	elf, err := labGuest("the benchmark")
 	if err != nil {
 		return err
 	}
@@ -166,7 +155,7 @@ func benchRestore(c *cli.Context) error {
 	for r := 0; r < rounds; r++ {
 		for i, m := range modes {
 			progress("round %d/%d: %s restore", r+1, rounds, m.name)
-			if err := l.startSidecar(c.Context); err != nil {
+			if err := l.startSidecar(); err != nil {
 				return err
 			}
 			st, err := l.trial(heap(), initrd, []testguest.Request{request}, append([]string{"--load_dir", "bench"}, m.args...)...)
@@ -257,34 +246,4 @@ func benchRestore(c *cli.Context) error {
 		progress("wrote the section to %s", p)
 	}
 	return nil
-}
-
-// startSidecar (re)starts the store's sidecar, so that the next lazy
-// restore begins with a cold chunk cache and without paying for the start.
-func (l *lab) startSidecar(ctx context.Context) error {
-	l.stopSidecar()
-	sock := filepath.Join(l.work, "sidecar.sock")
-	logf, err := os.OpenFile(filepath.Join(l.work, "sidecar.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd := exec.Command(l.snapstore, "--store", l.store, "serve", "--socket", sock)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start the sidecar: %w", err)
-	}
-	go cmd.Wait()
-	for i := 0; i < 400; i++ {
-		if b, err := os.ReadFile(filepath.Join(l.store, "SIDECAR")); err == nil && strings.TrimSpace(string(b)) == sock {
-			if _, err := os.Stat(sock); err == nil {
-				return nil
-			}
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	return fmt.Errorf("the sidecar did not come up; see %s", logf.Name())
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,7 +10,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/snapfaas/snapfaas/guest/testguest"
-	"github.com/snapfaas/snapfaas/vmm/kvm"
 )
 
 // snapfaas demo shows the product's main job end to end with the test
@@ -44,18 +42,10 @@ func demoAction(c *cli.Context) error {
 	if c.Int("heap") < 1 || c.Int("mem_size") < c.Int("heap")+16 {
 		return usageError{"--heap must be at least 1 MiB and --mem_size at least 16 MiB more than it"}
 	}
-	if s, err := kvm.Open(); err != nil {
-		return fmt.Errorf("the demo runs VMs and needs KVM: %w", err)
-	} else {
-		s.Close()
-	}
 	say := func(format string, a ...any) { fmt.Printf(format+"\n", a...) }
 	t0 := time.Now()
 	say("== building the test guest (freestanding C, boots through the 64-bit Linux boot protocol)")
-	elf, err := testguest.Build(filepath.Join(os.TempDir(), "snapfaas-testguest"))
-	if errors.Is(err, testguest.ErrNoCompiler) {
-		return fmt.Errorf("%w (install gcc, or use scripts/demo.sh, which does)", err)
-	}
+	elf, err := labGuest("the demo")
 	if err != nil {
 		return err
 	}
@@ -139,7 +129,7 @@ func demoAction(c *cli.Context) error {
 		args []string
 	}{{"eager", []string{"--copy_base"}}, {"lazy", nil}, {"lazy + WS", []string{"--load_ws"}}} {
 		// Each restore starts with a fresh sidecar (a cold chunk cache).
-		if err := l.startSidecar(c.Context); err != nil {
+		if err := l.startSidecar(); err != nil {
 			return err
 		}
 		st, err := l.trial(model(), nil, []testguest.Request{request}, append([]string{"--load_dir", fn}, m.args...)...)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/snapfaas/snapfaas/guest/testguest"
+	"github.com/snapfaas/snapfaas/internal/progress"
+	"github.com/snapfaas/snapfaas/vmm/kvm"
 )
 
 // lab drives `snapfaas run` (this very binary, as a user would) against
@@ -43,6 +46,14 @@ func newLab(store, snapstore string) (*lab, error) {
 func (l *lab) close() {
 	l.stopSidecar()
 	os.RemoveAll(l.work)
+}
+
+// startSidecar (re)starts the store's sidecar, so that the next restore
+// begins with a cold chunk cache and without paying for the start.
+func (l *lab) startSidecar() error {
+	l.stopSidecar()
+	_, err := startSidecar(l.snapstore, l.store, filepath.Join(l.work, "sidecar.sock"), filepath.Join(l.work, "sidecar.log"))
+	return err
 }
 
 func (l *lab) stopSidecar() {
@@ -137,14 +148,21 @@ func tailLines(s string, n int) string {
 }
 
 // mib formats a byte count.
-func mib(n int64) string {
-	switch {
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.0f KiB", float64(n)/(1<<10))
+func mib(n int64) string { return progress.Bytes(n) }
+
+// labGuest checks for KVM and builds the test guest; what is missing is
+// said in the error (what for: "the demo").
+func labGuest(what string) (string, error) {
+	if s, err := kvm.Open(); err != nil {
+		return "", fmt.Errorf("%s runs VMs and needs KVM: %w", what, err)
+	} else {
+		s.Close()
 	}
-	return fmt.Sprintf("%d B", n)
+	elf, err := testguest.Build(filepath.Join(os.TempDir(), "snapfaas-testguest"))
+	if errors.Is(err, testguest.ErrNoCompiler) {
+		return "", fmt.Errorf("%w (install gcc, or use scripts/demo.sh, which does)", err)
+	}
+	return elf, err
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }

@@ -48,18 +48,7 @@ func TestVMMCommand(t *testing.T) {
 			t.Errorf("%v: %v %q", tc.args, err, out)
 		}
 	}
-	if s, err := kvm.Open(); err != nil {
-		t.Skipf("no KVM: %v", err)
-	} else {
-		s.Close()
-	}
-	elf, err := testguest.Build(filepath.Join(os.TempDir(), "snapfaas-testguest"))
-	if errors.Is(err, testguest.ErrNoCompiler) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	elf := testGuest(t)
 	// A guest that triple-faults: the reason and registers, exit 1.
 	out, err := exec.Command(bin, "vmm", "--kernel", elf, "--cmdline", "testguest.heap_mb=0 testguest.fault=triple").CombinedOutput()
 	var ee *exec.ExitError
@@ -90,18 +79,7 @@ func TestVMMCommand(t *testing.T) {
 // set prefetched, and eagerly; every run answers the same requests with the
 // checksums the guest's model predicts.
 func TestRunSnapshotAndRestore(t *testing.T) {
-	if s, err := kvm.Open(); err != nil {
-		t.Skipf("no KVM: %v", err)
-	} else {
-		s.Close()
-	}
-	elf, err := testguest.Build(filepath.Join(os.TempDir(), "snapfaas-testguest"))
-	if errors.Is(err, testguest.ErrNoCompiler) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	elf := testGuest(t)
 	store := filepath.Join(t.TempDir(), "store")
 	t.Cleanup(func() {
 		// run leaves the sidecar it started running, as a daemon.
@@ -268,18 +246,7 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 // corrupt chunks fails to restore (lazily or eagerly) with an error that
 // says so, not a hung or wrong VM.
 func TestRunFailsClearly(t *testing.T) {
-	if s, err := kvm.Open(); err != nil {
-		t.Skipf("no KVM: %v", err)
-	} else {
-		s.Close()
-	}
-	elf, err := testguest.Build(filepath.Join(os.TempDir(), "snapfaas-testguest"))
-	if errors.Is(err, testguest.ErrNoCompiler) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	elf := testGuest(t)
 	store := filepath.Join(t.TempDir(), "store")
 	sidecarPid := func() int {
 		b, err := os.ReadFile(filepath.Join(store, "LOCK"))
@@ -384,4 +351,23 @@ func TestRunFailsClearly(t *testing.T) {
 func lastLine(s string) string {
 	s = strings.TrimSpace(s)
 	return s[strings.LastIndex(s, "\n")+1:]
+}
+
+// testGuest builds the test guest, skipping the test (with the reason)
+// without KVM or a C compiler.
+func testGuest(t *testing.T) string {
+	t.Helper()
+	if s, err := kvm.Open(); err != nil {
+		t.Skipf("no KVM: %v", err)
+	} else {
+		s.Close()
+	}
+	elf, err := testguest.Build(filepath.Join(os.TempDir(), "snapfaas-testguest"))
+	if errors.Is(err, testguest.ErrNoCompiler) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return elf
 }

@@ -99,41 +99,56 @@ func snapstoreRun(bin, store string, args ...string) error {
 	return nil
 }
 
-// ensureSidecar returns the sidecar's socket, starting `snapstore serve` if
-// none answers.
+// ensureSidecar returns the sidecar's socket, starting `snapstore serve`
+// (logging to STORE/sidecar.log, left running as a daemon) if none
+// answers.
 func ensureSidecar(c *cli.Context) (string, error) {
 	store := c.String("store")
-	sock := filepath.Join(store, "snapstore.sock")
-	if b, err := os.ReadFile(filepath.Join(store, "SIDECAR")); err == nil {
-		sock = strings.TrimSpace(string(b))
-	}
-	if conn, err := net.Dial("unix", sock); err == nil {
-		conn.Close()
+	if sock := pageserver.FindSidecar(store); sock != "" {
 		return sock, nil
 	}
 	bin, err := snapstoreBinary(c)
 	if err != nil {
 		return "", err
 	}
-	logf, err := os.OpenFile(filepath.Join(store, "sidecar.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	sock := pageserver.DefaultSocket(store)
+	pid, err := startSidecar(bin, store, sock, filepath.Join(store, "sidecar.log"))
 	if err != nil {
-		return "", fmt.Errorf("sidecar log: %w", err)
+		return "", err
 	}
+	fmt.Fprintf(os.Stderr, "started the sidecar (pid %d, log %s)\n", pid, filepath.Join(store, "sidecar.log"))
+	return sock, nil
+}
+
+// startSidecar starts `bin serve` on store listening at sock, output to
+// logPath, and returns its pid once it answers there.
+func startSidecar(bin, store, sock, logPath string) (int, error) {
+	if err := os.MkdirAll(store, 0o755); err != nil {
+		return 0, err
+	}
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, fmt.Errorf("sidecar log: %w", err)
+	}
+	defer logf.Close()
 	cmd := exec.Command(bin, "--store", store, "serve", "--socket", sock)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		return "", fmt.Errorf("start the sidecar: %w", err)
+		return 0, fmt.Errorf("start the sidecar: %w", err)
 	}
-	go cmd.Wait()
-	for i := 0; i < 200; i++ {
-		if conn, err := net.Dial("unix", sock); err == nil {
-			conn.Close()
-			fmt.Fprintf(os.Stderr, "started the sidecar (pid %d, log %s)\n", cmd.Process.Pid, logf.Name())
-			return sock, nil
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	for i := 0; i < 400; i++ {
+		if pageserver.FindSidecar(store) == sock {
+			return cmd.Process.Pid, nil
 		}
-		time.Sleep(25 * time.Millisecond)
+		select {
+		case <-exited:
+			return 0, fmt.Errorf("the sidecar exited at once; see %s", logPath)
+		case <-time.After(25 * time.Millisecond):
+		}
 	}
-	return "", fmt.Errorf("the sidecar did not come up; see %s", logf.Name())
+	return 0, fmt.Errorf("the sidecar did not come up in 10s; see %s", logPath)
 }
 
 func runAction(c *cli.Context) error {

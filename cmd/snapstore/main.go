@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/snapfaas/snapfaas/catalog"
+	"github.com/snapfaas/snapfaas/pageserver"
 	"github.com/snapfaas/snapfaas/pagestore"
 )
 
@@ -125,7 +126,7 @@ func openStore(c *cli.Context, write, create bool) (*pagestore.Store, func(), er
 	s, err := pagestore.Open(dir, opts...)
 	switch {
 	case errors.Is(err, pagestore.ErrLocked):
-		if sock := sidecarSocket(dir); sock != "" {
+		if sock := pageserver.FindSidecar(dir); sock != "" {
 			return nil, nil, forwardError{sock}
 		}
 		return nil, nil, err

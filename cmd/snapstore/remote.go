@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/urfave/cli/v2"
@@ -30,8 +29,6 @@ import (
 // resolved against the caller's working directory, which travels with the
 // request. The sidecar writes its socket's path to STORE/SIDECAR so that
 // commands can find it.
-
-const sidecarFile = "SIDECAR"
 
 type remoteRequest struct {
 	Argv []string `json:"argv"`
@@ -60,22 +57,6 @@ const (
 type forwardError struct{ sock string }
 
 func (e forwardError) Error() string { return "the store is owned by the sidecar at " + e.sock }
-
-// sidecarSocket returns the socket of the sidecar that owns the store in
-// dir, if one answers.
-func sidecarSocket(dir string) string {
-	b, err := os.ReadFile(filepath.Join(dir, sidecarFile))
-	if err != nil {
-		return ""
-	}
-	sock := strings.TrimSpace(string(b))
-	conn, err := net.Dial("unix", sock)
-	if err != nil {
-		return ""
-	}
-	conn.Close()
-	return sock
-}
 
 // inSidecar returns the sidecar's store when the command runs inside it.
 func inSidecar(c *cli.Context) *pagestore.Store {

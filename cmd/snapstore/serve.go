@@ -64,7 +64,7 @@ other snapstore commands find the store locked.`,
 			type binding struct{ path, snapshot string }
 			sock := c.String("socket")
 			if sock == "" {
-				sock = filepath.Join(c.String("store"), "snapstore.sock")
+				sock = pageserver.DefaultSocket(c.String("store"))
 			}
 			binds := []binding{{path: sock}}
 			for _, fc := range c.StringSlice("firecracker") {
@@ -117,7 +117,7 @@ other snapstore commands find the store locked.`,
 			}
 			// Tell other commands where to find us.
 			abs, _ := filepath.Abs(sock)
-			marker := filepath.Join(c.String("store"), sidecarFile)
+			marker := filepath.Join(c.String("store"), pageserver.SidecarFile)
 			if err := os.WriteFile(marker, []byte(abs+"\n"), 0o644); err != nil {
 				return err
 			}

@@ -2,7 +2,6 @@ package vmm
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -30,21 +29,10 @@ func TestDirtyPagesCoverEveryChange(t *testing.T) {
 	}
 	defer ln.Close()
 	var console syncBuf
-	vm, err := New(Config{Kernel: elf, Cmdline: cfg.Cmdline(), MemMiB: 64, Console: &console, HideEmulatorUnsafe: true,
-		Vsock: &Vsock{CID: 3, Path: sock}, PauseAt: 124, TrackDirty: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	vm, done, cancel := bootPaused(t, Config{Kernel: elf, Cmdline: cfg.Cmdline(), MemMiB: 64, Console: &console, HideEmulatorUnsafe: true,
+		Vsock: &Vsock{CID: 3, Path: sock}, TrackDirty: true}, &console)
 	defer vm.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- vm.Run(ctx) }()
-	select {
-	case <-vm.Paused():
-	case err := <-done:
-		t.Fatalf("VM ended before its snapshot point: %v\n%s", err, console.String())
-	}
 	boot, err := vm.DirtyPages()
 	if err != nil {
 		t.Fatal(err)

@@ -59,21 +59,10 @@ func startSidecar(t *testing.T, store string) (string, *exec.Cmd) {
 func snapshotTestGuest(t *testing.T, elf, store, name string, cfg testguest.Config) []byte {
 	t.Helper()
 	var console syncBuf
-	vm, err := New(Config{Kernel: elf, Cmdline: cfg.Cmdline(), MemMiB: 64, Console: &console, HideEmulatorUnsafe: true,
-		Vsock: &Vsock{CID: 3, Path: filepath.Join(t.TempDir(), "boot.sock")}, PauseAt: 124})
-	if err != nil {
-		t.Fatal(err)
-	}
+	vm, done, cancel := bootPaused(t, Config{Kernel: elf, Cmdline: cfg.Cmdline(), MemMiB: 64, Console: &console, HideEmulatorUnsafe: true,
+		Vsock: &Vsock{CID: 3, Path: filepath.Join(t.TempDir(), "boot.sock")}}, &console)
 	defer vm.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- vm.Run(ctx) }()
-	select {
-	case <-vm.Paused():
-	case err := <-done:
-		t.Fatalf("VM ended before its snapshot point: %v\n%s", err, console.String())
-	}
 	st, err := vm.SaveState()
 	if err != nil {
 		t.Fatal(err)

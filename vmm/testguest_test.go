@@ -308,20 +308,9 @@ func TestSnapshotRestoreEager(t *testing.T) {
 	cfg.HeapMB = 1
 	sock := filepath.Join(dir, "v.sock")
 	var console1 syncBuf
-	vm1, err := New(Config{Kernel: elf, Cmdline: cfg.Cmdline(), MemMiB: 64, VCPUs: 2, Console: &console1, HideEmulatorUnsafe: true,
-		Vsock: &Vsock{CID: 3, Path: sock}, PauseAt: 124})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	vm1, done1, cancel := bootPaused(t, Config{Kernel: elf, Cmdline: cfg.Cmdline(), MemMiB: 64, VCPUs: 2, Console: &console1, HideEmulatorUnsafe: true,
+		Vsock: &Vsock{CID: 3, Path: sock}}, &console1)
 	defer cancel()
-	done1 := make(chan error, 1)
-	go func() { done1 <- vm1.Run(ctx) }()
-	select {
-	case <-vm1.Paused():
-	case err := <-done1:
-		t.Fatalf("VM ended before its snapshot point: %v\n%s", err, console1.String())
-	}
 	st, err := vm1.SaveState()
 	if err != nil {
 		t.Fatal(err)
@@ -370,4 +359,27 @@ func TestSnapshotRestoreEager(t *testing.T) {
 		t.Fatalf("the restored guest booted again instead of continuing:\n%s", console2.String())
 	}
 	t.Logf("before the snapshot:\n%safter restore:\n%s", before, console2.String())
+}
+
+// bootPaused boots cfg (PauseAt 124 set here) and returns the VM paused at
+// the test guest's snapshot point, with its Run's result channel and the
+// cancel that stops it; console is cfg's console, shown on failure.
+func bootPaused(t *testing.T, cfg Config, console *syncBuf) (*VM, chan error, context.CancelFunc) {
+	t.Helper()
+	cfg.PauseAt = 124
+	vm, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	done := make(chan error, 1)
+	go func() { done <- vm.Run(ctx) }()
+	select {
+	case <-vm.Paused():
+	case err := <-done:
+		cancel()
+		vm.Close()
+		t.Fatalf("VM ended before its snapshot point: %v\n%s", err, console.String())
+	}
+	return vm, done, cancel
 }

@@ -234,6 +234,7 @@ func runAction(c *cli.Context) error {
 			<-client.Lost()
 			time.Sleep(2 * time.Second)
 			fmt.Fprintf(os.Stderr, "snapfaas: guest memory of snapshot %q can no longer be served: %v\n", load, client.Err())
+			os.RemoveAll(work) // os.Exit runs no deferred calls
 			os.Exit(1)
 		}()
 	} else {

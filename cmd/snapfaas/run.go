@@ -36,6 +36,20 @@ func runCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "run",
 		Usage: "run one function VM: requests on stdin, responses on stdout (SnapFaaS singlevm)",
+		Description: `Boots a kernel (--kernel) or restores a snapshot from the store
+(--load_dir), then sends each stdin line to the guest over vsock (it
+connects to the host on --guest_port; frames are a 4-byte big-endian
+length and the JSON) and prints each answer on stdout; "VM ready in" and
+per-request times go to stderr. When stdin ends the VM is stopped.
+
+Snapshots: booting with --dump_dir NAME stores a base snapshot when the
+guest writes 124 to port 0x3f0 (its snapshot point). Restoring with
+--dump_dir NAME stores the VM after the last answer: a full-app snapshot,
+or with --diff only the pages dirtied since the restore, on top of the
+loaded snapshot. Memory of a restored VM is served by the store's sidecar
+(snapstore serve, started if none runs): on fault (default), with the
+recorded working set prefetched (--load_ws), all copied in first
+(--copy_base) or the snapshot's own layer copied in first (--copy_diff).`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "kernel", Usage: "kernel `FILE` to boot (not needed with --load_dir)"},
 			&cli.StringFlag{Name: "rootfs", Usage: "root file system image `FILE`"},
@@ -51,7 +65,7 @@ func runCommand() *cli.Command {
 			&cli.BoolFlag{Name: "load_ws", Usage: "prefetch the snapshot's working set on restore"},
 			&cli.BoolFlag{Name: "copy_base", Usage: "copy all memory in before running (eager restore) instead of serving it on fault"},
 			&cli.BoolFlag{Name: "copy_diff", Usage: "copy the snapshot's own layer (a diff snapshot's diff) in before running; the parents' pages are served on fault"},
-			&cli.BoolFlag{Name: "force_exit", Usage: "exit as soon as stdin ends, without waiting for the guest"},
+			&cli.BoolFlag{Name: "force_exit", Usage: "accepted for SnapFaaS compatibility: run always stops the VM once stdin ends and the last answer is in"},
 			&cli.IntFlag{Name: "guest_port", Value: 1234, Usage: "vsock port the guest connects to"},
 			&cli.StringFlag{Name: "store", EnvVars: []string{"SNAPSTORE_DIR"}, Value: pagestore.DefaultDir(), Usage: "store `DIR`"},
 			&cli.StringFlag{Name: "snapstore", Usage: "the snapstore `BINARY` (default: next to snapfaas, then PATH)"},
@@ -94,7 +108,8 @@ func snapstoreRun(bin, store string, args ...string) error {
 	cmd := exec.Command(bin, append([]string{"--store", store, "-q"}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("snapstore %s: %s", strings.Join(args, " "), strings.TrimSpace(string(out)))
+		what := strings.Join(args[:min(2, len(args))], " ")
+		return fmt.Errorf("snapstore %s: %s", what, strings.TrimPrefix(strings.TrimSpace(string(out)), "snapstore: "))
 	}
 	return nil
 }
@@ -201,7 +216,7 @@ func runAction(c *cli.Context) error {
 		}
 		statePath := filepath.Join(work, "vmstate")
 		if err := snapstore(c, "memory", "vmstate", load, statePath); err != nil {
-			return err
+			return fmt.Errorf("restore %q: %w", load, err)
 		}
 		blob, err := os.ReadFile(statePath)
 		if err != nil {

@@ -3,6 +3,7 @@ package pageserver
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -413,6 +414,33 @@ func (s *session) copyIn(leafOnly bool) error {
 	start := time.Now()
 	pages := s.mem.Pages()
 	want := func(p int64) bool { return !leafOnly || s.mem.InLeaf(p) }
+	// Decode ahead while this thread installs: one worker per CPU (up to
+	// four), each through its own slice of memory in order, so that by
+	// the time the installer reaches a slice its chunks are in the cache
+	// (single-flight shares a chunk decoded by two at once).
+	stop := make(chan struct{})
+	defer close(stop)
+	workers := int64(min(runtime.NumCPU(), 4))
+	for w := int64(0); w < workers; w++ {
+		go func(lo, hi int64) {
+			for p := lo; p < hi; p++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if s.mem.IsZero(p) || !want(p) {
+					continue
+				}
+				first, data, decoded, err := s.mem.Run(p)
+				if err != nil {
+					return
+				}
+				s.c.decompressed.Add(uint64(decoded))
+				p = first + int64(len(data)/pageSize) - 1
+			}
+		}(pages*w/workers, pages*(w+1)/workers)
+	}
 	for p := int64(0); p < pages; {
 		addr, r, ok := s.hostAddr(p)
 		if !ok || !want(p) {

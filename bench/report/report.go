@@ -8,23 +8,24 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/snapfaas/snapfaas/internal/size"
 )
 
-// Size is a flag.Value holding a byte count parsed by ParseSize.
+// Size is a flag.Value holding a byte count parsed by size.Parse.
 type Size int64
 
 func (s *Size) String() string { return strconv.FormatInt(int64(*s), 10) }
 
 // Set implements flag.Value.
 func (s *Size) Set(v string) error {
-	n, err := ParseSize(v)
+	n, err := size.Parse(v)
 	if err != nil {
 		return err
 	}
@@ -50,24 +51,9 @@ func WriteSection(path, sec string) error {
 	return os.WriteFile(path, []byte(ReplaceSection(string(old), sec)), 0o644)
 }
 
-// writeSection puts sec (which starts with its "## " title line) into the
-// markdown file at path: it replaces the section with the same title, up to
-// the next "## " heading, or appends it; a missing file is created with a
-// "# Performance" header.
-func writeSection(path, sec string) error {
-	old, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		old, err = []byte("# Performance\n"), nil
-	}
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(path, []byte(ReplaceSection(string(old), sec)), 0o644)
-}
-
+// ReplaceSection returns doc with sec (which starts with its "## " title
+// line) in place of the section with the same title, up to the next
+// heading outside a code fence, or appended when doc has none.
 func ReplaceSection(doc, sec string) string {
 	title := strings.SplitN(sec, "\n", 2)[0]
 	sec = strings.TrimRight(sec, "\n") + "\n"
@@ -109,41 +95,6 @@ func ReplaceSection(doc, sec string) string {
 		sec += "\n"
 	}
 	return before + sec + after
-}
-
-// ParseSize parses a byte count: plain digits or digits with a binary
-// suffix (K, KB, KiB, M, MB, MiB, G, GB, GiB, T, TB, TiB; case-insensitive).
-func ParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	i := 0
-	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
-		i++
-	}
-	if i == 0 {
-		return 0, fmt.Errorf("invalid size %q: want bytes or a number with K/M/G/T suffix", s)
-	}
-	n, err := strconv.ParseInt(t[:i], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("invalid size %q: %w", s, err)
-	}
-	var shift uint
-	switch strings.ToLower(strings.TrimSpace(t[i:])) {
-	case "", "b":
-	case "k", "kb", "kib":
-		shift = 10
-	case "m", "mb", "mib":
-		shift = 20
-	case "g", "gb", "gib":
-		shift = 30
-	case "t", "tb", "tib":
-		shift = 40
-	default:
-		return 0, fmt.Errorf("invalid size %q: unknown suffix %q (want K, M, G or T)", s, t[i:])
-	}
-	if n > math.MaxInt64>>shift {
-		return 0, fmt.Errorf("invalid size %q: too large", s)
-	}
-	return n << shift, nil
 }
 
 // Table is a header row and data rows, rendered as markdown or as aligned

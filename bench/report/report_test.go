@@ -17,16 +17,3 @@ func TestReplaceSection(t *testing.T) {
 		}
 	}
 }
-
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"4096": 4096, "8M": 8 << 20, "128MiB": 128 << 20, "1g": 1 << 30, "16k": 16 << 10} {
-		if got, err := ParseSize(in); err != nil || got != want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "M", "12X", "99999999999T"} {
-		if _, err := ParseSize(in); err == nil {
-			t.Errorf("ParseSize(%q): want an error", in)
-		}
-	}
-}

@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/snapfaas/snapfaas/internal/progress"
+	"github.com/snapfaas/snapfaas/internal/size"
 	"github.com/snapfaas/snapfaas/pagestore"
 )
 
@@ -288,20 +289,9 @@ func parseSize(s string) (int64, error) {
 	if s == "" {
 		return 0, nil
 	}
-	t := strings.ToUpper(strings.TrimSpace(s))
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "IB"), "B")
-	mult := int64(1)
-	switch {
-	case strings.HasSuffix(t, "K"):
-		mult, t = 1<<10, t[:len(t)-1]
-	case strings.HasSuffix(t, "M"):
-		mult, t = 1<<20, t[:len(t)-1]
-	case strings.HasSuffix(t, "G"):
-		mult, t = 1<<30, t[:len(t)-1]
+	n, err := size.Parse(s)
+	if err == nil && n <= 0 {
+		err = fmt.Errorf("size %q must be positive", s)
 	}
-	n, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("size %q: want a number with an optional K, M or G suffix", s)
-	}
-	return n * mult, nil
+	return n, err
 }

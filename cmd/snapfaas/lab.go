@@ -52,7 +52,7 @@ func (l *lab) close() {
 // begins with a cold chunk cache and without paying for the start.
 func (l *lab) startSidecar() error {
 	l.stopSidecar()
-	_, err := startSidecar(l.snapstore, l.store, filepath.Join(l.work, "sidecar.sock"), filepath.Join(l.work, "sidecar.log"))
+	_, _, err := startSidecar(l.snapstore, l.store, filepath.Join(l.work, "sidecar.sock"), filepath.Join(l.work, "sidecar.log"))
 	return err
 }
 

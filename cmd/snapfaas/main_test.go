@@ -135,6 +135,36 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 		return se.String()
 	}
 	run(nil, reqs, "--kernel", elf, "--mem_size", "64", "--cmdline", cfg.Cmdline(), "--dump_dir", "tg")
+	// Two restores at once, with no sidecar running yet: both start one,
+	// one wins the store, and both VMs are served by it.
+	var in strings.Builder
+	var want strings.Builder
+	heap := testguest.NewHeap(cfg.Seed, cfg.HeapMB)
+	for _, r := range reqs {
+		b, _ := json.Marshal(r)
+		in.Write(append(b, '\n'))
+		w, _ := json.Marshal(heap.Apply(r))
+		want.Write(append(w, '\n'))
+	}
+	outs := make(chan string, 2)
+	for range 2 {
+		go func() {
+			cmd := exec.Command(bin, "run", "--store", store, "--load_dir", "tg")
+			cmd.Stdin = strings.NewReader(in.String())
+			var so, se bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &so, &se
+			if err := cmd.Run(); err != nil {
+				outs <- fmt.Sprintf("%v\n%s", err, se.String())
+				return
+			}
+			outs <- so.String()
+		}()
+	}
+	for range 2 {
+		if got := <-outs; got != want.String() {
+			t.Fatalf("concurrent restore answered:\n%s\nwant:\n%s", got, want.String())
+		}
+	}
 	// A lazy restore answers 100 requests.
 	var many []testguest.Request
 	for i := uint64(1); i <= 100; i++ {

@@ -126,44 +126,55 @@ func ensureSidecar(c *cli.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	sock := pageserver.DefaultSocket(store)
-	pid, err := startSidecar(bin, store, sock, filepath.Join(store, "sidecar.log"))
+	sock, pid, err := startSidecar(bin, store, pageserver.DefaultSocket(store), filepath.Join(store, "sidecar.log"))
 	if err != nil {
 		return "", err
 	}
-	fmt.Fprintf(os.Stderr, "started the sidecar (pid %d, log %s)\n", pid, filepath.Join(store, "sidecar.log"))
+	if pid != 0 {
+		fmt.Fprintf(os.Stderr, "started the sidecar (pid %d, log %s)\n", pid, filepath.Join(store, "sidecar.log"))
+	}
 	return sock, nil
 }
 
 // startSidecar starts `bin serve` on store listening at sock, output to
-// logPath, and returns its pid once it answers there.
-func startSidecar(bin, store, sock, logPath string) (int, error) {
+// logPath, and returns the socket and pid once it answers. If another
+// process's sidecar won the race for the store (two runs starting at
+// once), it returns that one's socket and pid 0.
+func startSidecar(bin, store, sock, logPath string) (string, int, error) {
 	if err := os.MkdirAll(store, 0o755); err != nil {
-		return 0, err
+		return "", 0, err
 	}
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return 0, fmt.Errorf("sidecar log: %w", err)
+		return "", 0, fmt.Errorf("sidecar log: %w", err)
 	}
 	defer logf.Close()
 	cmd := exec.Command(bin, "--store", store, "serve", "--socket", sock)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("start the sidecar: %w", err)
+		return "", 0, fmt.Errorf("start the sidecar: %w", err)
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
 	for i := 0; i < 400; i++ {
-		if pageserver.FindSidecar(store) == sock {
-			return cmd.Process.Pid, nil
+		if found := pageserver.FindSidecar(store); found != "" {
+			select {
+			case <-exited:
+				return found, 0, nil // another sidecar serves the store
+			default:
+			}
+			if found == sock {
+				return sock, cmd.Process.Pid, nil
+			}
 		}
-		select {
-		case <-exited:
-			return 0, fmt.Errorf("the sidecar exited at once; see %s", logPath)
-		case <-time.After(25 * time.Millisecond):
-		}
+		time.Sleep(25 * time.Millisecond)
 	}
-	return 0, fmt.Errorf("the sidecar did not come up in 10s; see %s", logPath)
+	select {
+	case <-exited:
+		return "", 0, fmt.Errorf("the sidecar exited; see %s", logPath)
+	default:
+		return "", 0, fmt.Errorf("the sidecar did not come up in 10s; see %s", logPath)
+	}
 }
 
 func runAction(c *cli.Context) error {

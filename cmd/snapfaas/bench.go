@@ -14,6 +14,7 @@ import (
 	"github.com/snapfaas/snapfaas/bench/corpus"
 	"github.com/snapfaas/snapfaas/bench/report"
 	"github.com/snapfaas/snapfaas/guest/testguest"
+	"github.com/snapfaas/snapfaas/internal/progress"
 )
 
 // snapfaas bench restore measures the three ways to restore a function VM
@@ -58,27 +59,12 @@ func benchRestore(c *cli.Context) error {
 		return usageError{"need --mem_size ≥ 32, 0 < --ws ≤ 50 and --rounds ≥ 1"}
 	}
 	t0 := time.Now()
-	progress := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...) }
+	logf := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...) }
 	elf, err := labGuest("the benchmark")
 	if err != nil {
 		return err
 	}
-	scratch, err := os.MkdirTemp("", "snapfaas-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(scratch)
-	store := c.String("store")
-	if store == "" {
-		store = filepath.Join(scratch, "store")
-	}
-	snapstore := c.String("snapstore")
-	if snapstore == "" {
-		if snapstore, err = snapstoreBinary(c); err != nil {
-			return err
-		}
-	}
-	l, err := newLab(store, snapstore)
+	l, err := newLab(c)
 	if err != nil {
 		return err
 	}
@@ -86,26 +72,27 @@ func benchRestore(c *cli.Context) error {
 
 	// The initrd: all of memory but 16 MiB (kernel, heap, page tables).
 	initrdSize := int64(memMiB-16) << 20
-	initrdPath := filepath.Join(scratch, "initrd")
+	initrdPath := filepath.Join(l.work, "initrd")
 	f, err := os.Create(initrdPath)
 	if err != nil {
 		return err
 	}
 	var content string
-	if !c.Bool("synthetic") {
-		progress("capturing %s of a python3 process's memory for the initrd", mib(initrdSize))
+	synthetic := c.Bool("synthetic")
+	if !synthetic {
+		logf("capturing %s of a python3 process's memory for the initrd", progress.Bytes(initrdSize))
 		var st corpus.Stats
 		st, err = corpus.CapturePython(c.Context, f, initrdSize)
 		content = "a python3 process's memory (bench/corpus.CapturePython): " + st.String()
 		if errors.Is(err, corpus.ErrNoPython) {
-			progress("no python3: using the synthetic corpus")
+			logf("no python3: using the synthetic corpus")
 			f.Truncate(0)
 			f.Seek(0, 0)
 			err = nil
-			c.Set("synthetic", "true")
+			synthetic = true
 		}
 	}
-	if err == nil && c.Bool("synthetic") {
+	if err == nil && synthetic {
 		_, err = f.Write(corpus.Generate(1, initrdSize))
 		content = "the synthetic corpus (bench/corpus.Generate, seed 1)"
 	}
@@ -131,7 +118,7 @@ func benchRestore(c *cli.Context) error {
 	}
 	request := testguest.ReadRequest(1, 0, count, initrdPages/count, 8)
 
-	progress("booting a %d MiB guest with a %s initrd and storing its base snapshot", memMiB, mib(initrdSize))
+	logf("booting a %d MiB guest with a %s initrd and storing its base snapshot", memMiB, progress.Bytes(initrdSize))
 	if _, err := l.trial(heap(), initrd, []testguest.Request{testguest.TouchRequest(1, 0, 1, 1, false)},
 		"--kernel", elf, "--initrd", initrdPath, "--mem_size", fmt.Sprint(memMiB), "--cmdline", cfg.Cmdline(), "--dump_dir", "bench"); err != nil {
 		return err
@@ -140,7 +127,7 @@ func benchRestore(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	progress("recording the working set of a request that reads %d pages (8 bytes of each)", count)
+	logf("recording the working set of a request that reads %d pages (8 bytes of each)", count)
 	st, err := l.trial(heap(), initrd, []testguest.Request{request}, "--load_dir", "bench", "--dump_ws")
 	if err != nil {
 		return err
@@ -154,7 +141,7 @@ func benchRestore(c *cli.Context) error {
 	results := make([][]runStats, len(modes))
 	for r := 0; r < rounds; r++ {
 		for i, m := range modes {
-			progress("round %d/%d: %s restore", r+1, rounds, m.name)
+			logf("round %d/%d: %s restore", r+1, rounds, m.name)
 			if err := l.startSidecar(); err != nil {
 				return err
 			}
@@ -201,13 +188,13 @@ func benchRestore(c *cli.Context) error {
 			ms(time.Duration(first(i))),
 			fmt.Sprint(int64(med(rs, ps(func(r runStats) float64 { return float64(r.PageServer.Faults) })))),
 			fmt.Sprint(int64(med(rs, ps(func(r runStats) float64 { return float64(r.PageServer.Prefetched) })))),
-			mib(int64(med(rs, ps(func(r runStats) float64 {
+			progress.Bytes(int64(med(rs, ps(func(r runStats) float64 {
 				return float64(r.PageServer.Faults+r.PageServer.Prefetched+r.PageServer.AroundPages+r.PageServer.Copied) * 4096
 			})))),
-			mib(int64(med(rs, ps(func(r runStats) float64 { return float64(r.PageServer.Decompressed) })))),
+			progress.Bytes(int64(med(rs, ps(func(r runStats) float64 { return float64(r.PageServer.Decompressed) })))),
 			ms(time.Duration(faultTime(i))),
-			mib(int64(med(rs, func(r runStats) float64 { return float64(r.RSS - r.GuestRSS) }))),
-			mib(int64(med(rs, func(r runStats) float64 { return float64(r.AnonRSS - r.GuestRSS) })))}
+			progress.Bytes(int64(med(rs, func(r runStats) float64 { return float64(r.RSS - r.GuestRSS) }))),
+			progress.Bytes(int64(med(rs, func(r runStats) float64 { return float64(r.AnonRSS - r.GuestRSS) })))}
 		t.Rows = append(t.Rows, row)
 	}
 
@@ -216,8 +203,8 @@ func benchRestore(c *cli.Context) error {
 	fmt.Fprintf(&b, "- Command: `%s`\n", strings.Join(append([]string{"snapfaas"}, os.Args[1:]...), " "))
 	fmt.Fprintf(&b, "- Date: %s\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	fmt.Fprintf(&b, "- Machine: %s; KVM is PVM here: the guest's instructions are emulated (about 2 M/s), so its own work is slow and dominates first-response times\n", report.Machine())
-	fmt.Fprintf(&b, "- Guest: the test guest, %d MiB of memory, of which a %s initrd holding %s\n", memMiB, mib(initrdSize), content)
-	fmt.Fprintf(&b, "- Snapshot: %s logical, %d zero pages, %s stored\n", mib(int64(num(info, "logical_bytes"))), int64(num(info, "zero_pages")), mib(int64(num(info, "stored_bytes"))))
+	fmt.Fprintf(&b, "- Guest: the test guest, %d MiB of memory, of which a %s initrd holding %s\n", memMiB, progress.Bytes(initrdSize), content)
+	fmt.Fprintf(&b, "- Snapshot: %s logical, %d zero pages, %s stored\n", progress.Bytes(int64(num(info, "logical_bytes"))), int64(num(info, "zero_pages")), progress.Bytes(int64(num(info, "stored_bytes"))))
 	fmt.Fprintf(&b, "- Request: read 8 bytes of each of %d initrd pages, stride %d (%.1f%% of guest memory); recorded working set: %d pages (%.1f%%)\n",
 		count, request.Stride, 100*float64(count)/float64(pages), ws, 100*float64(ws)/float64(pages))
 	fmt.Fprintf(&b, "- Each way restored %d times, interleaved; medians. Times are from the start of `snapfaas run` (process start excluded). Every restore starts from a fresh sidecar (cold chunk cache; packs in the page cache); eager = the sidecar copies every page in before the VM runs\n\n", rounds)
@@ -236,14 +223,14 @@ func benchRestore(c *cli.Context) error {
 		return "NOT met"
 	}
 	fmt.Fprintf(&b, "- Targets: lazy + WS at least 5× less fault time than lazy: %s (%.0f×). VMM memory beyond guest memory at most 5 MiB: %s for the private part (%s); the whole resident set beyond guest memory is %s, the difference being the snapfaas binary's file pages, mapped once in the page cache for all VMMs\n",
-		verdict(faultTime(1) >= 5*faultTime(2)), faultTime(1)/max(faultTime(2), 1), verdict(priv <= 5<<20), mib(int64(priv)), mib(int64(total)))
+		verdict(faultTime(1) >= 5*faultTime(2)), faultTime(1)/max(faultTime(2), 1), verdict(priv <= 5<<20), progress.Bytes(int64(priv)), progress.Bytes(int64(total)))
 	out := b.String()
 	fmt.Print(out)
 	if p := c.String("out"); p != "" {
 		if err := report.WriteSection(p, out); err != nil {
 			return fmt.Errorf("--out: %w", err)
 		}
-		progress("wrote the section to %s", p)
+		logf("wrote the section to %s", p)
 	}
 	return nil
 }

@@ -3,13 +3,13 @@ package main
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/snapfaas/snapfaas/guest/testguest"
+	"github.com/snapfaas/snapfaas/internal/progress"
 )
 
 // snapfaas demo shows the product's main job end to end with the test
@@ -49,22 +49,7 @@ func demoAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	store := c.String("store")
-	if store == "" {
-		dir, err := os.MkdirTemp("", "snapfaas-demo-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		store = filepath.Join(dir, "store")
-	}
-	snapstore := c.String("snapstore")
-	if snapstore == "" {
-		if snapstore, err = snapstoreBinary(c); err != nil {
-			return err
-		}
-	}
-	l, err := newLab(store, snapstore)
+	l, err := newLab(c)
 	if err != nil {
 		return err
 	}
@@ -80,7 +65,7 @@ func demoAction(c *cli.Context) error {
 	request := testguest.Request{ID: 1, Op: testguest.OpTouch, Start: 0, Count: pages / 2, Stride: 2, Bytes: 8}
 	base, fn := "demo-base", "demo-fn"
 	for _, n := range []string{fn, base} { // a kept store may hold an earlier demo
-		_ = snapstoreRun(snapstore, store, "rm", n)
+		_ = snapstoreRun(l.snapstore, l.store, "rm", n)
 	}
 
 	say("== base snapshot: boot a %d MiB VM, fill a %d MiB heap, snapshot at the guest's snapshot point", c.Int("mem_size"), cfg.HeapMB)
@@ -94,7 +79,7 @@ func demoAction(c *cli.Context) error {
 		return err
 	}
 	say("   %q: %s of guest memory, %s stored (zero pages are not), booted and stored in %s", base,
-		mib(int64(num(info, "logical_bytes"))), mib(int64(num(info, "stored_bytes"))), st.Ready.Round(10*time.Millisecond))
+		progress.Bytes(int64(num(info, "logical_bytes"))), progress.Bytes(int64(num(info, "stored_bytes"))), st.Ready.Round(10*time.Millisecond))
 
 	say("== diff snapshot: restore the base, warm the function up (%d page writes), store only the pages it dirtied", warm[0].Count)
 	warmed := fresh()
@@ -105,7 +90,7 @@ func demoAction(c *cli.Context) error {
 		return err
 	}
 	say("   %q: %d pages in its own layer (%.2f%% of memory, %s stored) on top of %q", fn, int64(num(info, "layer_pages")),
-		100*num(info, "layer_pages")/num(info, "pages"), mib(int64(num(info, "unique_stored_bytes"))), base)
+		100*num(info, "layer_pages")/num(info, "pages"), progress.Bytes(int64(num(info, "unique_stored_bytes"))), base)
 
 	say("== working set: restore %q lazily, serve the function's request, record the pages it touched", fn)
 	model := func() *testguest.Heap {
@@ -137,8 +122,8 @@ func demoAction(c *cli.Context) error {
 			return err
 		}
 		p := st.PageServer
-		faults, pre, dec, ft := fmt.Sprint(p.Faults), fmt.Sprint(p.Prefetched), mib(int64(p.Decompressed)), ms(p.FaultTime)
-		in := mib(int64(p.Faults+p.Prefetched+p.AroundPages+p.Copied) * 4096)
+		faults, pre, dec, ft := fmt.Sprint(p.Faults), fmt.Sprint(p.Prefetched), progress.Bytes(int64(p.Decompressed)), ms(p.FaultTime)
+		in := progress.Bytes(int64(p.Faults+p.Prefetched+p.AroundPages+p.Copied) * 4096)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", m.name, ms(st.Restore), ms(st.Ready), ms(st.FirstResponse), faults, pre, in, dec, ft)
 	}
 	tw.Flush()

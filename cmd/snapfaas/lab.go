@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +13,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/snapfaas/snapfaas/guest/testguest"
-	"github.com/snapfaas/snapfaas/internal/progress"
 	"github.com/snapfaas/snapfaas/vmm/kvm"
 )
 
@@ -25,18 +25,28 @@ import (
 // guest's model, and reads back the --stats JSON.
 type lab struct {
 	self, store, snapstore string
-	work                   string
-	log                    io.Writer // run's stderr goes here (nil: kept only for errors)
+	work                   string // scratch files (and the store unless --store), removed by close
 }
 
-func newLab(store, snapstore string) (*lab, error) {
+// newLab sets up a lab for c's command: the store is --store, or a
+// scratch one that close removes; snapstore is --snapstore or found as run
+// finds it.
+func newLab(c *cli.Context) (*lab, error) {
 	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	snapstore, err := snapstoreBinary(c)
 	if err != nil {
 		return nil, err
 	}
 	work, err := os.MkdirTemp("", "snapfaas-lab-")
 	if err != nil {
 		return nil, err
+	}
+	store := c.String("store")
+	if store == "" {
+		store = filepath.Join(work, "store")
 	}
 	return &lab{self: self, store: store, snapstore: snapstore, work: work}, nil
 }
@@ -78,10 +88,7 @@ func (l *lab) stopSidecar() {
 func (l *lab) trial(model *testguest.Heap, initrd []byte, reqs []testguest.Request, args ...string) (runStats, error) {
 	statsPath := filepath.Join(l.work, "stats.json")
 	os.Remove(statsPath)
-	full := append([]string{"run", "--store", l.store, "--stats", statsPath}, args...)
-	if l.snapstore != "" {
-		full = append(full, "--snapstore", l.snapstore)
-	}
+	full := append([]string{"run", "--store", l.store, "--stats", statsPath, "--snapstore", l.snapstore}, args...)
 	cmd := exec.Command(l.self, full...)
 	var in bytes.Buffer
 	var want []testguest.Response
@@ -96,11 +103,7 @@ func (l *lab) trial(model *testguest.Heap, initrd []byte, reqs []testguest.Reque
 	}
 	cmd.Stdin = &in
 	var so, se bytes.Buffer
-	cmd.Stdout = &so
-	cmd.Stderr = &se
-	if l.log != nil {
-		cmd.Stderr = io.MultiWriter(&se, l.log)
-	}
+	cmd.Stdout, cmd.Stderr = &so, &se
 	if err := cmd.Run(); err != nil {
 		return runStats{}, fmt.Errorf("snapfaas %s: %v\n%s", strings.Join(args, " "), err, tailLines(se.String(), 15))
 	}
@@ -127,14 +130,7 @@ func (l *lab) trial(model *testguest.Heap, initrd []byte, reqs []testguest.Reque
 
 // inspect returns `snapstore inspect --json name`.
 func (l *lab) inspect(name string) (map[string]any, error) {
-	bin := l.snapstore
-	if bin == "" {
-		bin = filepath.Join(filepath.Dir(l.self), "snapstore")
-		if !fileExists(bin) {
-			bin = "snapstore"
-		}
-	}
-	out, err := exec.Command(bin, "--store", l.store, "inspect", "--json", name).Output()
+	out, err := exec.Command(l.snapstore, "--store", l.store, "inspect", "--json", name).Output()
 	if err != nil {
 		return nil, fmt.Errorf("snapstore inspect %s: %v", name, err)
 	}
@@ -146,9 +142,6 @@ func tailLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
-
-// mib formats a byte count.
-func mib(n int64) string { return progress.Bytes(n) }
 
 // labGuest checks for KVM and builds the test guest; what is missing is
 // said in the error (what for: "the demo").

@@ -65,7 +65,7 @@ func demoAction(c *cli.Context) error {
 	request := testguest.Request{ID: 1, Op: testguest.OpTouch, Start: 0, Count: pages / 2, Stride: 2, Bytes: 8}
 	base, fn := "demo-base", "demo-fn"
 	for _, n := range []string{fn, base} { // a kept store may hold an earlier demo
-		_ = snapstoreRun(l.snapstore, l.store, "rm", n)
+		_, _ = snapstoreRun(c.Context, l.snapstore, l.store, "rm", n)
 	}
 
 	say("== base snapshot: boot a %d MiB VM, fill a %d MiB heap, snapshot at the guest's snapshot point", c.Int("mem_size"), cfg.HeapMB)

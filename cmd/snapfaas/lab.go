@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -130,9 +131,9 @@ func (l *lab) trial(model *testguest.Heap, initrd []byte, reqs []testguest.Reque
 
 // inspect returns `snapstore inspect --json name`.
 func (l *lab) inspect(name string) (map[string]any, error) {
-	out, err := exec.Command(l.snapstore, "--store", l.store, "inspect", "--json", name).Output()
+	out, err := snapstoreRun(context.Background(), l.snapstore, l.store, "inspect", "--json", name)
 	if err != nil {
-		return nil, fmt.Errorf("snapstore inspect %s: %v", name, err)
+		return nil, err
 	}
 	var m map[string]any
 	return m, json.Unmarshal(out, &m)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -93,25 +94,44 @@ func snapstoreBinary(c *cli.Context) (string, error) {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-// snapstore runs a snapstore command against the store.
-func snapstore(c *cli.Context, args ...string) error {
-	bin, err := snapstoreBinary(c)
-	if err != nil {
-		return err
-	}
-	return snapstoreRun(bin, c.String("store"), args...)
+// snapstore runs a snapstore command against the store and returns its
+// standard output (see snapstoreRun).
+func snapstore(c *cli.Context, args ...string) ([]byte, error) {
+	return snapstoreCtx(c.Context, c, args...)
 }
 
-// snapstoreRun runs snapstore binary bin on store; its output becomes the
-// error if it fails.
-func snapstoreRun(bin, store string, args ...string) error {
-	cmd := exec.Command(bin, append([]string{"--store", store, "-q"}, args...)...)
-	out, err := cmd.CombinedOutput()
+func snapstoreCtx(ctx context.Context, c *cli.Context, args ...string) ([]byte, error) {
+	bin, err := snapstoreBinary(c)
 	if err != nil {
-		what := strings.Join(args[:min(2, len(args))], " ")
-		return fmt.Errorf("snapstore %s: %s", what, strings.TrimPrefix(strings.TrimSpace(string(out)), "snapstore: "))
+		return nil, err
 	}
-	return nil
+	return snapstoreRun(ctx, bin, c.String("store"), args...)
+}
+
+// snapstoreRun runs snapstore binary bin on store and returns its standard
+// output. It stops the command (with SIGINT, as Ctrl-C would) when ctx
+// ends. On failure the error is snapstore's own one-line message.
+func snapstoreRun(ctx context.Context, bin, store string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--store", store, "-q"}, args...)...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 30 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
+			msg = msg[i+1:]
+		}
+		msg = strings.TrimPrefix(msg, "snapstore: ")
+		if msg == "" {
+			msg = err.Error()
+		}
+		if ctx.Err() != nil && !strings.HasPrefix(msg, "interrupted") {
+			msg = "interrupted"
+		}
+		return nil, fmt.Errorf("snapstore: %s", msg)
+	}
+	return stdout.Bytes(), nil
 }
 
 // ensureSidecar returns the sidecar's socket, starting `snapstore serve`
@@ -226,7 +246,7 @@ func runAction(c *cli.Context) error {
 			stats.Mode = "lazy+ws"
 		}
 		statePath := filepath.Join(work, "vmstate")
-		if err := snapstore(c, "memory", "vmstate", load, statePath); err != nil {
+		if _, err := snapstore(c, "memory", "vmstate", load, statePath); err != nil {
 			return fmt.Errorf("restore %q: %w", load, err)
 		}
 		blob, err := os.ReadFile(statePath)
@@ -395,7 +415,8 @@ func dumpSnapshot(c *cli.Context, vm *vmm.VM, work, name, parent string, diff bo
 			return err
 		}
 	}
-	return snapstore(c, append(args, name, memPath)...)
+	_, err = snapstore(c, append(args, name, memPath)...)
+	return err
 }
 
 // writeSparse writes a file of len(mem) bytes holding only the given pages

@@ -11,7 +11,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -172,7 +171,7 @@ func snapshotExport(c *cli.Context) error {
 	logf := progressf(c)
 	start := time.Now()
 
-	out, err := snapstoreOutput(c, "inspect", "--json", name)
+	out, err := snapstore(c, "inspect", "--json", name)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -205,7 +204,7 @@ func snapshotExport(c *cli.Context) error {
 	logf("exporting snapshot %q (%s, %s) to %s", name, info.Kind, progress.Bytes(info.LogicalBytes), dir)
 	t0 := time.Now()
 	memPath := absPath(filepath.Join(tmp, memoryFile))
-	if _, err := snapstoreOutput(c, "memory", "export", name, memPath); err != nil {
+	if _, err := snapstore(c, "memory", "export", name, memPath); err != nil {
 		return fail("%v", err)
 	}
 	m := snapshotManifest{Version: snapshotFormatVersion, Name: info.Name, Kind: info.Kind, Parent: info.Parent,
@@ -223,7 +222,7 @@ func snapshotExport(c *cli.Context) error {
 	// VM state, if the snapshot has one.
 	statePath := absPath(filepath.Join(tmp, vmstateFile))
 	hasState := true
-	if _, err := snapstoreOutput(c, "memory", "vmstate", name, statePath); err != nil {
+	if _, err := snapstore(c, "memory", "vmstate", name, statePath); err != nil {
 		// transfer.go's `memory vmstate` says so when there is none.
 		if !strings.Contains(err.Error(), "has no VM state") {
 			return fail("%v", err)
@@ -234,7 +233,7 @@ func snapshotExport(c *cli.Context) error {
 
 	// Working set, if one was recorded.
 	if info.WorkingSetPages > 0 {
-		out, err := snapstoreOutput(c, "workingset", "get", name)
+		out, err := snapstore(c, "workingset", "get", name)
 		if err != nil {
 			return fail("%v", err)
 		}
@@ -372,7 +371,7 @@ func snapshotImport(c *cli.Context) error {
 	}
 
 	// A name already taken fails now rather than after reading DIR.
-	if out, err := snapstoreOutput(c, "inspect", "--json", name); err == nil {
+	if out, err := snapstore(c, "inspect", "--json", name); err == nil {
 		var info snapshotInfo
 		if json.Unmarshal(out, &info) == nil && info.Type == "snapshot" {
 			return fail("snapshot %q already exists in the store; choose another name or remove it (snapstore rm %s)", name, name)
@@ -395,7 +394,7 @@ func snapshotImport(c *cli.Context) error {
 
 	logf("importing %s (%s) as snapshot %q", memPath, progress.Bytes(m.MemorySize), name)
 	t0 := time.Now()
-	if _, err := snapstoreOutput(c, append(args, name, absPath(memPath))...); err != nil {
+	if _, err := snapstore(c, append(args, name, absPath(memPath))...); err != nil {
 		return fail("%v", err)
 	}
 	logf("memory: %s stored in %s", progress.Bytes(m.MemorySize), time.Since(t0).Round(time.Millisecond))
@@ -404,7 +403,7 @@ func snapshotImport(c *cli.Context) error {
 	if len(m.WorkingSet) > 0 {
 		if err := setWorkingSet(c, name, m.WorkingSet); err != nil {
 			// Leave no snapshot that lacks what the directory holds.
-			if _, rmErr := snapstoreOutputCtx(context.Background(), c, "rm", name); rmErr != nil {
+			if _, rmErr := snapstoreCtx(context.Background(), c, "rm", name); rmErr != nil {
 				return fail("restore the working set: %v (and removing %q again failed: %v)", err, name, rmErr)
 			}
 			return fail("restore the working set: %v; %q was removed again", err, name)
@@ -527,43 +526,8 @@ func setWorkingSet(c *cli.Context, name string, pages []uint32) error {
 	if err != nil {
 		return err
 	}
-	_, err = snapstoreOutput(c, "workingset", "set", name, f.Name())
+	_, err = snapstore(c, "workingset", "set", name, f.Name())
 	return err
-}
-
-// snapstoreOutput runs a snapstore command against the store, like
-// snapstore in run.go, and returns its standard output. It stops the
-// command (with SIGINT, as Ctrl-C would) when c's context ends. On failure
-// the error is snapstore's own one-line message.
-func snapstoreOutput(c *cli.Context, args ...string) ([]byte, error) {
-	return snapstoreOutputCtx(c.Context, c, args...)
-}
-
-func snapstoreOutputCtx(ctx context.Context, c *cli.Context, args ...string) ([]byte, error) {
-	bin, err := snapstoreBinary(c)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.CommandContext(ctx, bin, append([]string{"--store", c.String("store"), "-q"}, args...)...)
-	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
-	cmd.WaitDelay = 30 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
-			msg = msg[i+1:]
-		}
-		msg = strings.TrimPrefix(msg, "snapstore: ")
-		if msg == "" {
-			msg = err.Error()
-		}
-		if ctx.Err() != nil && !strings.HasPrefix(msg, "interrupted") {
-			msg = "interrupted"
-		}
-		return nil, fmt.Errorf("snapstore: %s", msg)
-	}
-	return stdout.Bytes(), nil
 }
 
 // progressf returns a printf for progress lines on stderr (none with

@@ -3,9 +3,6 @@ package vmm
 import (
 	"errors"
 	"fmt"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/snapfaas/snapfaas/pageserver"
 	"github.com/snapfaas/snapfaas/uffd"
@@ -24,13 +21,8 @@ var ErrPageServerLost = errors.New("page server lost")
 func (vm *VM) LazyMemory(socket, snapshot string, h pageserver.Handoff) (*pageserver.Client, pageserver.Reply, error) {
 	// A page already present would shadow the snapshot's: the guest
 	// would see whatever the VMM put there (zeros) instead.
-	vec := make([]byte, (len(vm.mem)+pageSize-1)/pageSize)
-	if _, _, e := unix.Syscall(unix.SYS_MINCORE, hostAddr(vm.mem), uintptr(len(vm.mem)), uintptr(unsafe.Pointer(&vec[0]))); e == 0 {
-		for p, v := range vec {
-			if v&1 != 0 {
-				return nil, pageserver.Reply{}, fmt.Errorf("lazy memory: guest page %d is already present before the page server takes over (call LazyMemory right after Restore, before anything touches guest memory)", p)
-			}
-		}
+	if p := firstResident(vm.mem); p >= 0 {
+		return nil, pageserver.Reply{}, fmt.Errorf("lazy memory: guest page %d is already present before the page server takes over (call LazyMemory right after Restore, before anything touches guest memory)", p)
 	}
 	u, err := uffd.New()
 	if err != nil {

@@ -125,14 +125,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "markdown file to write the \""+sectionTitle+"\" section into")
 	dir := fs.String("dir", "", "directory for temporary files (default: the system temp dir)")
 	verbose := fs.Bool("v", false, "log every client session to stderr")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stderr, "usage: %s\n", usage)
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return nil
-		}
-		return fmt.Errorf("%w (usage: %s)", err, usage)
+	if help, err := perf.ParseFlags(fs, args, usage, stderr); help || err != nil {
+		return err
 	}
 	if fs.NArg() != 0 {
 		return fmt.Errorf("unexpected arguments %q (usage: %s)", fs.Args(), usage)

@@ -107,14 +107,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	diag := fs.Bool("diag", true, "also run the fusefs diagnostics (READ sizes, read-ahead, decode rate)")
 	dir := fs.String("dir", "", "directory for temporary files (default: the system temp dir)")
 	out := fs.String("out", "", "markdown file to write the \""+sectionTitle+"\" section into")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stderr, "usage: %s\n", usage)
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return nil
-		}
-		return fmt.Errorf("%w (usage: %s)", err, usage)
+	if help, err := perf.ParseFlags(fs, args, usage, stderr); help || err != nil {
+		return err
 	}
 	if fs.NArg() != 0 {
 		return fmt.Errorf("unexpected arguments %q (usage: %s)", fs.Args(), usage)

@@ -45,14 +45,8 @@ func run(args []string, stderr io.Writer) error {
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up on the python capture after this long")
 	synthetic := fs.Bool("synthetic", false, "generate a deterministic synthetic image instead of capturing python3")
 	seed := fs.Int64("seed", 1, "seed for -synthetic")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stderr, "usage: %s\n", usage)
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return nil
-		}
-		return fmt.Errorf("%w (usage: %s)", err, usage)
+	if help, err := report.ParseFlags(fs, args, usage, stderr); help || err != nil {
+		return err
 	}
 	if fs.NArg() != 1 {
 		return fmt.Errorf("expected exactly one OUT argument, got %d (usage: %s)", fs.NArg(), usage)

@@ -6,6 +6,7 @@ package report
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -31,6 +32,22 @@ func (s *Size) Set(v string) error {
 	}
 	*s = Size(n)
 	return nil
+}
+
+// ParseFlags parses a benchmark's command line. With -h it prints the
+// usage line and the flags to stderr and returns help; a bad flag's error
+// names the usage.
+func ParseFlags(fs *flag.FlagSet, args []string, usage string, stderr io.Writer) (help bool, err error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "usage: %s\n", usage)
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return true, nil
+		}
+		return false, fmt.Errorf("%w (usage: %s)", err, usage)
+	}
+	return false, nil
 }
 
 // WriteSection puts sec (which starts with its "## " title line) into the

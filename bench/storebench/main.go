@@ -190,14 +190,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	drop := fs.Bool("drop", true, "also measure with the OS page cache dropped (needs a writable /proc/sys/vm/drop_caches)")
 	out := fs.String("out", "", "markdown file to write the \""+sectionTitle+"\" section into")
 	dir := fs.String("dir", "", "directory for temporary files (default: the system temp dir)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stderr, "usage: %s\n", usage)
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return nil
-		}
-		return fmt.Errorf("%w (usage: %s)", err, usage)
+	if help, err := report.ParseFlags(fs, args, usage, stderr); help || err != nil {
+		return err
 	}
 	if fs.NArg() != 0 {
 		return fmt.Errorf("unexpected arguments %q (usage: %s)", fs.Args(), usage)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	perf "github.com/snapfaas/snapfaas/bench/report"
 	"io"
-	"math"
 	"runtime"
 	"strconv"
 	"strings"
@@ -121,17 +120,6 @@ func sumInt(rs []childResult, f func(childResult) int64) int64 {
 
 // ---- formatting ----
 
-func us(d time.Duration) string {
-	v := float64(d) / float64(time.Microsecond)
-	switch {
-	case v < 10:
-		return strconv.FormatFloat(v, 'f', 2, 64)
-	case v < 100:
-		return strconv.FormatFloat(v, 'f', 1, 64)
-	}
-	return strconv.FormatFloat(v, 'f', 0, 64)
-}
-
 // usInt formats a histogram bound (a whole number of µs).
 func usInt(d time.Duration) string { return strconv.FormatInt(d.Microseconds(), 10) }
 
@@ -146,18 +134,6 @@ func ms(d time.Duration) string {
 		return strconv.FormatFloat(v, 'f', 1, 64)
 	}
 	return strconv.FormatFloat(v, 'f', 0, 64)
-}
-
-func times(x float64) string {
-	switch {
-	case math.IsInf(x, 0) || math.IsNaN(x):
-		return "-"
-	case x < 0.1:
-		return strconv.FormatFloat(x, 'f', 3, 64) + "×"
-	case x < 10:
-		return strconv.FormatFloat(x, 'f', 2, 64) + "×"
-	}
-	return strconv.FormatFloat(x, 'f', 0, 64) + "×"
 }
 
 func pct(x float64) string {
@@ -205,9 +181,9 @@ func (rp *report) faultAllTable() table {
 	t := table{Head: []string{"fault-all (" + strconv.FormatInt(e.pages, 10) + " pages)", "cache", "wall ms", "µs/page", "MB/s", "× read file", "× anon write", "handoff ms"}}
 	row := func(name, cache string, s spread, handoff string) {
 		t.Rows = append(t.Rows, []string{name, cache, msSpread(s, n),
-			us(s.med / time.Duration(e.pages)),
+			perf.US(s.med / time.Duration(e.pages)),
 			fmt.Sprintf("%.0f", float64(e.size)/1e6/s.med.Seconds()),
-			times(ratio(s.med, rp.readFile.med)), times(ratio(s.med, rp.anonW.med)), handoff})
+			perf.Times(ratio(s.med, rp.readFile.med)), perf.Times(ratio(s.med, rp.anonW.med)), handoff})
 	}
 	row("read raw file into fresh memory (os.ReadFile)", "page cache", rp.readFile, "-")
 	row("anonymous mmap, first write per page", "-", rp.anonW, "-")
@@ -220,14 +196,14 @@ func (rp *report) faultAllTable() table {
 func (rp *report) latencyTable() table {
 	t := table{Head: []string{"touch latency", "cache", "client per-touch p50 / p99 / mean µs", "samples", "server fault service p50 / p99 µs (bucket)", "server faults < 4 µs / < 8 µs", "server faults"}}
 	t.Rows = append(t.Rows, []string{"anonymous mmap, first write", "-",
-		us(rp.anonLat.p50) + " / " + us(rp.anonLat.p99) + " / " + us(rp.anonLat.mean), strconv.Itoa(rp.anonLat.n), "-", "-", "-"})
+		perf.US(rp.anonLat.p50) + " / " + perf.US(rp.anonLat.p99) + " / " + perf.US(rp.anonLat.mean), strconv.Itoa(rp.anonLat.n), "-", "-", "-"})
 	for _, c := range []struct {
 		cache string
 		l     lat
 		h     pageserver.Histogram
 	}{{"cold", rp.coldLat, rp.coldHist}, {"warm", rp.warmLat, rp.warmHist}} {
 		t.Rows = append(t.Rows, []string{"uffd lazy fault-all", c.cache,
-			us(c.l.p50) + " / " + us(c.l.p99) + " / " + us(c.l.mean), strconv.Itoa(c.l.n),
+			perf.US(c.l.p50) + " / " + perf.US(c.l.p99) + " / " + perf.US(c.l.mean), strconv.Itoa(c.l.n),
 			histCell(c.h), pct(below(c.h, 4*time.Microsecond)) + " / " + pct(below(c.h, 8*time.Microsecond)),
 			strconv.FormatUint(c.h.Count(), 10)})
 	}
@@ -253,7 +229,7 @@ func (rp *report) wsTable() table {
 				waitCell = msSpread(s.wait, n)
 			}
 			t.Rows = append(t.Rows, []string{row.mode.name, c.cache, msSpread(s.total, n),
-				times(ratio(c.lazy.total.med, s.total.med)), pct(s.faulted), pct(1 - s.faulted),
+				perf.Times(ratio(c.lazy.total.med, s.total.med)), pct(s.faulted), pct(1 - s.faulted),
 				doneCell, waitCell, msSpread(s.touch, n),
 				fmt.Sprintf("%.0f", s.existed), fmt.Sprintf("%.0f", s.around), histCell(s.hist)})
 		}
@@ -277,9 +253,9 @@ func (rp *report) conclusions() []string {
 	// 1. Fault-all against the baselines.
 	out = append(out, fmt.Sprintf("Fault-all: touching all %d pages (%.0f MiB) lazily through the page server takes %s ms with the chunk cache cold and %s ms warm (%s / %s µs per page): %s / %s the time of reading the raw image with os.ReadFile (%s ms) and %s / %s the first write-touches of plain anonymous memory (%s ms, %s µs per page). Every page is one uffd fault; the cold run also decodes %.1f MiB of chunks.",
 		e.pages, float64(e.size)/(1<<20), ms(rp.cold.med), ms(rp.warm.med),
-		us(rp.cold.med/time.Duration(e.pages)), us(rp.warm.med/time.Duration(e.pages)),
-		times(ratio(rp.cold.med, rp.readFile.med)), times(ratio(rp.warm.med, rp.readFile.med)), ms(rp.readFile.med),
-		times(ratio(rp.cold.med, rp.anonW.med)), times(ratio(rp.warm.med, rp.anonW.med)), ms(rp.anonW.med), us(rp.anonW.med/time.Duration(e.pages)),
+		perf.US(rp.cold.med/time.Duration(e.pages)), perf.US(rp.warm.med/time.Duration(e.pages)),
+		perf.Times(ratio(rp.cold.med, rp.readFile.med)), perf.Times(ratio(rp.warm.med, rp.readFile.med)), ms(rp.readFile.med),
+		perf.Times(ratio(rp.cold.med, rp.anonW.med)), perf.Times(ratio(rp.warm.med, rp.anonW.med)), ms(rp.anonW.med), perf.US(rp.anonW.med/time.Duration(e.pages)),
 		rp.coldDecoded/(1<<20)))
 	out[len(out)-1] += fmt.Sprintf(" The handoff (`Connect`, before the first touch) takes %s ms on a fresh server, which resolves the snapshot first (`OpenMemory` alone, timed on a freshly opened store: %s ms), and %s ms on a warm one.",
 		ms(rp.coldConn.med), ms(e.openMem.med), ms(rp.warmConn.med))
@@ -298,7 +274,7 @@ func (rp *report) conclusions() []string {
 		}{{"cold", row.cold, lazy.cold}, {"warm", row.warm, lazy.warm}} {
 			x := ratio(c.lazy.total.med, c.s.total.med)
 			label := fmt.Sprintf("%s (%s)", row.mode.name, c.cache)
-			parts = append(parts, fmt.Sprintf("%s %s (%s ms)", label, times(x), ms(c.s.total.med)))
+			parts = append(parts, fmt.Sprintf("%s %s (%s ms)", label, perf.Times(x), ms(c.s.total.med)))
 			if x >= targetSpeedup {
 				met = append(met, label)
 			} else {
@@ -349,7 +325,7 @@ func (rp *report) conclusions() []string {
 		if pw := rp.mode(true, false, true); pw != nil {
 			n := time.Duration(len(e.ws))
 			line += fmt.Sprintf(" The pages that still fault are where this client, which touches nothing but working-set pages back to back, caught up with the prefetcher (which installs in the same order): a fault costs the client %s µs per page (plain lazy, warm), the prefetcher installs a page in %s µs (warm), so whenever the prefetcher is delayed the client overtakes it.",
-				us(lazy.warm.total.med/n), us(pw.warm.done.med/n))
+				perf.US(lazy.warm.total.med/n), perf.US(pw.warm.done.med/n))
 		}
 	}
 	out = append(out, line)
@@ -369,7 +345,7 @@ func (rp *report) conclusions() []string {
 		line += fmt.Sprintf("the power-of-two histogram cannot show that this is ≤ %d µs, so the target is NOT demonstrated (and with %s of faults at 4 µs or more, it is unlikely).", targetP50.Microseconds(), pct(1-under4))
 	}
 	line += fmt.Sprintf(" The client observes p50 %s µs per touch warm and %s µs cold (p99 %s / %s µs), against %s µs for a first write-touch of anonymous memory; the rest of the round trip is the kernel delivering the fault and waking the server's thread",
-		us(rp.warmLat.p50), us(rp.coldLat.p50), us(rp.warmLat.p99), us(rp.coldLat.p99), us(rp.anonLat.p50))
+		perf.US(rp.warmLat.p50), perf.US(rp.coldLat.p50), perf.US(rp.warmLat.p99), perf.US(rp.coldLat.p99), perf.US(rp.anonLat.p50))
 	if hi > rp.warmLat.p50 {
 		line += " (the server's p50 bucket reaching past the client's p50 suggests the two often shared a CPU in this run: the woken client then preempts the server before it stops its clock)"
 	}
@@ -380,8 +356,8 @@ func (rp *report) conclusions() []string {
 	pw, fa := rp.mode(true, false, true), rp.mode(false, true, false)
 	if pw != nil {
 		line = fmt.Sprintf("Prefetching the %d-page working set takes %s ms with the cache cold (%s µs per page; %.0f chunks, %.1f MiB, decoded) and %s ms warm (%s µs per page), measured by the server from the prefetcher's start; a client polling for it sees it done after %s / %s ms from the handoff.",
-			len(e.ws), ms(pw.cold.done.med), us(pw.cold.done.med/time.Duration(len(e.ws))), pw.cold.chunks, pw.cold.decoded/(1<<20),
-			ms(pw.warm.done.med), us(pw.warm.done.med/time.Duration(len(e.ws))), ms(pw.cold.wait.med), ms(pw.warm.wait.med))
+			len(e.ws), ms(pw.cold.done.med), perf.US(pw.cold.done.med/time.Duration(len(e.ws))), pw.cold.chunks, pw.cold.decoded/(1<<20),
+			ms(pw.warm.done.med), perf.US(pw.warm.done.med/time.Duration(len(e.ws))), ms(pw.cold.wait.med), ms(pw.warm.wait.med))
 		if gap := pw.warm.wait.med - pw.warm.handoff.med - pw.warm.done.med; gap > 0 {
 			line += fmt.Sprintf(" Of the warm %s ms, the handoff is %s ms and the prefetch itself %s ms: for the other %s ms the prefetcher had not started yet or the metrics poll (every 0.2 ms) was not answered yet.",
 				ms(pw.warm.wait.med), ms(pw.warm.handoff.med), ms(pw.warm.done.med), ms(gap))
@@ -389,7 +365,7 @@ func (rp *report) conclusions() []string {
 		if fa != nil {
 			line += fmt.Sprintf(" Lazy with fault-around needs %.0f faults instead of %.0f (%.0f extra pages per fault-around session) and takes %s / %s ms cold / warm, %s / %s faster than plain lazy.",
 				fa.cold.faults, lazy.cold.faults, fa.cold.around, ms(fa.cold.total.med), ms(fa.warm.total.med),
-				times(ratio(lazy.cold.total.med, fa.cold.total.med)), times(ratio(lazy.warm.total.med, fa.warm.total.med)))
+				perf.Times(ratio(lazy.cold.total.med, fa.cold.total.med)), perf.Times(ratio(lazy.warm.total.med, fa.warm.total.med)))
 		}
 		out = append(out, line)
 	}

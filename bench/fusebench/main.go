@@ -47,7 +47,6 @@ import (
 	perf "github.com/snapfaas/snapfaas/bench/report"
 	"io"
 	"log"
-	"math"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -271,7 +270,7 @@ func removeTemp(tmp string) error {
 
 // prepare builds the content: tree copy, ext4 image, squashfs, store.
 func (e *env) prepare() error {
-	e.logf("copying up to %s MiB of %s", mib(e.p.max), e.p.tree)
+	e.logf("copying up to %s MiB of %s", perf.MiB(e.p.max), e.p.tree)
 	if err := copyTree(e.p.tree, e.src, e.p.max, &e.c); err != nil {
 		return fmt.Errorf("copy %s: %w", e.p.tree, err)
 	}
@@ -279,20 +278,20 @@ func (e *env) prepare() error {
 		return fmt.Errorf("%s: no regular file copied", e.p.tree)
 	}
 	syscall.Sync()
-	e.logf("copied %d files, %s MiB in %s; building the ext4 image", e.c.files, mib(e.c.bytes), e.c.copyDur.Round(time.Millisecond))
+	e.logf("copied %d files, %s MiB in %s; building the ext4 image", e.c.files, perf.MiB(e.c.bytes), e.c.copyDur.Round(time.Millisecond))
 	if err := buildExt4(e.ctx, e.src, filepath.Join(e.tmp, "rootfs.ext4"), &e.c); err != nil {
 		return err
 	}
-	e.logf("%s (%s MiB, %s); building the squashfs", e.c.mkfsCmd, mib(e.c.imgSize), e.c.mkfsDur.Round(time.Millisecond))
+	e.logf("%s (%s MiB, %s); building the squashfs", e.c.mkfsCmd, perf.MiB(e.c.imgSize), e.c.mkfsDur.Round(time.Millisecond))
 	if err := buildSquashfs(e.ctx, e.src, filepath.Join(e.tmp, "tree.sqfs"), &e.c); err != nil {
 		return err
 	}
-	e.logf("squashfs %s MiB (%s) in %s; importing the image", mib(e.c.sqfsSize), e.c.sqfsComp, e.c.sqfsDur.Round(time.Millisecond))
+	e.logf("squashfs %s MiB (%s) in %s; importing the image", perf.MiB(e.c.sqfsSize), e.c.sqfsComp, e.c.sqfsDur.Round(time.Millisecond))
 	if err := importImage(e.storeDir, e.c.img, &e.c); err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
 	syscall.Sync()
-	e.logf("imported at %.0f MB/s: %d chunks, %s MiB stored", e.c.importMBs, e.c.chunks, mib(e.c.stored))
+	e.logf("imported at %.0f MB/s: %d chunks, %s MiB stored", e.c.importMBs, e.c.chunks, perf.MiB(e.c.stored))
 	offs, nz, err := randomOffsets(e.c.img, e.p.reads, e.p.seed)
 	if err != nil {
 		return err
@@ -772,8 +771,6 @@ func mbs(bytes int64, d time.Duration) float64 {
 	return float64(bytes) / 1e6 / d.Seconds()
 }
 
-func mib(n int64) string { return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) }
-
 func median(ds []time.Duration) time.Duration {
 	if len(ds) == 0 {
 		return 0
@@ -786,15 +783,6 @@ func median(ds []time.Duration) time.Duration {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// pct returns the nearest-rank p-th percentile of sorted s.
-func pct(s []time.Duration, p float64) time.Duration {
-	if len(s) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[max(0, min(i, len(s)-1))]
-}
-
 // lat pools the latencies of samples and returns p50 and p99.
 func lat(ss []*sample) (p50, p99 time.Duration) {
 	var all []time.Duration
@@ -802,7 +790,7 @@ func lat(ss []*sample) (p50, p99 time.Duration) {
 		all = append(all, s.lat...)
 	}
 	slices.Sort(all)
-	return pct(all, 50), pct(all, 99)
+	return perf.Percentile(all, 50), perf.Percentile(all, 99)
 }
 
 // walls returns the median wall time of samples, and the lowest and highest.

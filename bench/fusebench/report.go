@@ -6,23 +6,11 @@ import (
 	"fmt"
 	perf "github.com/snapfaas/snapfaas/bench/report"
 	"io"
-	"math"
 	"runtime"
 	"strconv"
 	"strings"
 	"time"
 )
-
-func us(d time.Duration) string {
-	v := float64(d) / float64(time.Microsecond)
-	switch {
-	case v < 10:
-		return strconv.FormatFloat(v, 'f', 2, 64)
-	case v < 100:
-		return strconv.FormatFloat(v, 'f', 1, 64)
-	}
-	return strconv.FormatFloat(v, 'f', 0, 64)
-}
 
 func secs(d time.Duration) string {
 	if d < 0 {
@@ -32,15 +20,10 @@ func secs(d time.Duration) string {
 }
 
 func times(x float64) string {
-	switch {
-	case math.IsNaN(x) || math.IsInf(x, 0) || x <= 0:
+	if x <= 0 {
 		return "-"
-	case x < 0.1:
-		return strconv.FormatFloat(x, 'f', 3, 64) + "×"
-	case x < 10:
-		return strconv.FormatFloat(x, 'f', 2, 64) + "×"
 	}
-	return strconv.FormatFloat(x, 'f', 0, 64) + "×"
+	return perf.Times(x)
 }
 
 func ratio(a, b time.Duration) float64 {
@@ -97,8 +80,8 @@ func rawTable(r *results) table {
 		t.Rows = append(t.Rows, []string{v.label,
 			rateCell(s.cold), times(ratio(seqTime(s.cold), seqTime(pl.cold))),
 			rateCell(s.warm), times(ratio(seqTime(s.warm), seqTime(pl.warm))),
-			us(c50) + " / " + us(c99), times(ratio(c50, pc50)),
-			us(w50) + " / " + us(w99), times(ratio(w50, pw50)),
+			perf.US(c50) + " / " + perf.US(c99), times(ratio(c50, pc50)),
+			perf.US(w50) + " / " + perf.US(w99), times(ratio(w50, pw50)),
 			cpuPair(s),
 		})
 	}
@@ -172,14 +155,14 @@ func diagTable(d *diagResult) table {
 
 func contentLine(e *env) string {
 	c := &e.c
-	s := fmt.Sprintf("%s MiB in %d regular files (%d directories, %d symlinks", mib(c.bytes), c.files, c.dirs, c.symlinks)
+	s := fmt.Sprintf("%s MiB in %d regular files (%d directories, %d symlinks", perf.MiB(c.bytes), c.files, c.dirs, c.symlinks)
 	if c.skipped > 0 {
 		s += fmt.Sprintf(", %d special or unreadable entries skipped", c.skipped)
 	}
 	s += ")"
 	if c.fraction < 1 {
 		s += fmt.Sprintf(", a deterministic sample of %s (%d files, %s MiB): each regular file and symlink whose path hashes (FNV-1a) into the first %.1f%% of the hash range, in its own directory, so that about -max %s MiB is spread over the whole tree",
-			c.tree, c.treeFiles, mib(c.treeBytes), 100*c.fraction, mib(e.p.max))
+			c.tree, c.treeFiles, perf.MiB(c.treeBytes), 100*c.fraction, perf.MiB(e.p.max))
 		if c.overMax > 0 {
 			s += fmt.Sprintf("; %d sampled files that would have passed -max were left out", c.overMax)
 		}
@@ -192,10 +175,10 @@ func contentLine(e *env) string {
 func imagesLines(e *env) []string {
 	c := &e.c
 	return []string{
-		fmt.Sprintf("ext4 image: %s MiB (%s MiB allocated; the rest is holes), `%s` (%s)", mib(c.imgSize), mib(c.imgAlloc), shortCmd(e, c.mkfsCmd), c.mkfsDur.Round(100*time.Millisecond)),
-		fmt.Sprintf("squashfs: %s MiB (%.2f× smaller than the ext4 image), `%s` (%s; %s)", mib(c.sqfsSize), float64(c.imgSize)/float64(c.sqfsSize), shortCmd(e, c.sqfsCmd), c.sqfsComp, c.sqfsDur.Round(100*time.Millisecond)),
+		fmt.Sprintf("ext4 image: %s MiB (%s MiB allocated; the rest is holes), `%s` (%s)", perf.MiB(c.imgSize), perf.MiB(c.imgAlloc), shortCmd(e, c.mkfsCmd), c.mkfsDur.Round(100*time.Millisecond)),
+		fmt.Sprintf("squashfs: %s MiB (%.2f× smaller than the ext4 image), `%s` (%s; %s)", perf.MiB(c.sqfsSize), float64(c.imgSize)/float64(c.sqfsSize), shortCmd(e, c.sqfsCmd), c.sqfsComp, c.sqfsDur.Round(100*time.Millisecond)),
 		fmt.Sprintf("store: `ImportImage` with default options (zstd, %d KiB chunks) at %.0f MB/s: %d distinct chunks, %s MiB of data, %s MiB zero (not stored), %s MiB stored: %.2f× smaller than the ext4 image, %.2f× the squashfs",
-			c.chunkSize>>10, c.importMBs, c.chunks, mib(c.dataBytes), mib(c.zeroBytes), mib(c.stored), float64(c.imgSize)/float64(c.stored), float64(c.stored)/float64(c.sqfsSize)),
+			c.chunkSize>>10, c.importMBs, c.chunks, perf.MiB(c.dataBytes), perf.MiB(c.zeroBytes), perf.MiB(c.stored), float64(c.imgSize)/float64(c.stored), float64(c.stored)/float64(c.sqfsSize)),
 	}
 }
 
@@ -243,7 +226,7 @@ func diagLines(e *env, d *diagResult) []string {
 	}
 	one := d.decode[1]
 	line := fmt.Sprintf("Chunk decode in-process (`Image.ReadAt` over every non-zero chunk, fresh store, packs in the page cache): %.0f MB/s with 1 goroutine (%s µs per %d KiB chunk, %d chunks)",
-		one.mbs, us(one.perChunk), e.c.chunkSize>>10, one.chunks)
+		one.mbs, perf.US(one.perChunk), e.c.chunkSize>>10, one.chunks)
 	if n := runtime.NumCPU(); n > 1 {
 		if dn, ok := d.decode[n]; ok {
 			line += fmt.Sprintf(", %.0f MB/s with %d", dn.mbs, n)
@@ -260,7 +243,7 @@ func diagLines(e *env, d *diagResult) []string {
 		out = append(out, fmt.Sprintf("go-fuse `trySplice: ... max pipe size` log lines (one per READ reply larger than the 1 MiB pipe limit, which then falls back to writev): %d in the main measurements; in the read-ahead passes %s.", d.mainLogs, strings.Join(parts, ", ")))
 	}
 	out = append(out, fmt.Sprintf("open(2) of the image, median: cold %s µs for the plain file vs %s µs through fusefs (LOOKUP + OPEN, which loads the chunk list from the catalog), warm %s vs %s µs. fusefs server CPU per MiB of cold sequential image read: %s µs.",
-		us(d.openCold["plain"]), us(d.openCold["fusefs"]), us(d.openWarm["plain"]), us(d.openWarm["fusefs"]), us(d.serverPerMiB)))
+		perf.US(d.openCold["plain"]), perf.US(d.openCold["fusefs"]), perf.US(d.openWarm["plain"]), perf.US(d.openWarm["fusefs"]), perf.US(d.serverPerMiB)))
 	if d.foliosErr != nil {
 		out = append(out, fmt.Sprintf("Page-cache folio sizes not measured: %v.", d.foliosErr))
 	} else if p, f := d.folios["plain"], d.folios["fusefs"]; p != nil && f != nil {
@@ -299,7 +282,7 @@ func conclusions(e *env, r *results) []string {
 	// 1. Warm sequential image reads; target: within 1.5× of the plain file.
 	wr := ratio(seqTime(fu.warm), seqTime(pl.warm))
 	line := fmt.Sprintf("Warm sequential reads of the %s MiB image file: fusefs %.0f MB/s against %.0f MB/s for the plain file, %s the time: the target \"sequential within 1.5× of the plain file when warm\" is %s.",
-		mib(imgB), mbs(imgB, seqTime(fu.warm)), mbs(imgB, seqTime(pl.warm)), times(wr), metOrNot(wr <= 1.5))
+		perf.MiB(imgB), mbs(imgB, seqTime(fu.warm)), mbs(imgB, seqTime(pl.warm)), times(wr), metOrNot(wr <= 1.5))
 	if c := serverCPU(fu.warm); c >= 0 {
 		line += fmt.Sprintf(" fusefs itself is idle during them (%s s of server CPU): the kernel serves them from the page cache", secs(c))
 		if d != nil && d.foliosErr == nil && d.folios["plain"] != nil && d.folios["fusefs"] != nil {
@@ -328,13 +311,13 @@ func conclusions(e *env, r *results) []string {
 		line += fmt.Sprintf("; decoding alone runs at %.0f MB/s of chunk data on one goroutine", d.decode[1].mbs)
 	}
 	line += fmt.Sprintf(". Cold random 4 KiB preads take p50 %s µs (p99 %s) against %s µs (p99 %s), %s: each miss reads and decodes a whole %d KiB chunk. Warm, both come from the page cache (p50 %s vs %s µs, %s).",
-		us(fc), us(fc99), us(pc), us(pc99), times(ratio(fc, pc)), e.c.chunkSize>>10, us(fw), us(pw), times(ratio(fw, pw)))
+		perf.US(fc), perf.US(fc99), perf.US(pc), perf.US(pc99), times(ratio(fc, pc)), e.c.chunkSize>>10, perf.US(fw), perf.US(pw), times(ratio(fw, pw)))
 	out = append(out, line)
 
 	// 3. Against squashfuse.
 	if lf, ok := r.tree["loop-fusefs"]; ok {
 		line := fmt.Sprintf("Whole-tree reads (%d files, %s MiB) through ext4 loop-mounted from the fusefs image: %s s cold, %s s warm.",
-			e.c.files, mib(e.c.bytes), secs(seqTime(lf.cold)), secs(seqTime(lf.warm)))
+			e.c.files, perf.MiB(e.c.bytes), secs(seqTime(lf.cold)), secs(seqTime(lf.warm)))
 		okCold, okWarm := true, true
 		for _, k := range []string{"squashfuse", "squashfuse_ll"} {
 			sq, ok := r.tree[k]
@@ -355,13 +338,13 @@ func conclusions(e *env, r *results) []string {
 		sq := r.tree["squashfuse"]
 		sqB := e.c.bytes
 		out = append(out, fmt.Sprintf("Loop devices are unusable here (%v), so no file-tree read through ext4 on the fusefs image was possible. The closest available comparison, which is NOT like for like (one image file of %s MiB vs %d files of %s MiB with per-file lookups), is fusefs's raw image sequential read at %.0f MB/s cold / %.0f MB/s warm against squashfuse's whole-tree read at %.0f / %.0f MB/s; the \"no slower than squashfuse\" target cannot be judged from it.",
-			e.loopErr, mib(imgB), e.c.files, mib(sqB), mbs(imgB, seqTime(fu.cold)), mbs(imgB, seqTime(fu.warm)), mbs(sqB, seqTime(sq.cold)), mbs(sqB, seqTime(sq.warm))))
+			e.loopErr, perf.MiB(imgB), e.c.files, perf.MiB(sqB), mbs(imgB, seqTime(fu.cold)), mbs(imgB, seqTime(fu.warm)), mbs(sqB, seqTime(sq.cold)), mbs(sqB, seqTime(sq.warm))))
 	}
 
 	// 4. Size.
 	c := &e.c
 	out = append(out, fmt.Sprintf("Size: the store keeps the %s MiB ext4 image in %s MiB (%.2f× smaller; zero chunks are not stored, import at %.0f MB/s), against %s MiB for a squashfs of the same files (%s): %.2f× the squashfs.",
-		mib(c.imgSize), mib(c.stored), float64(c.imgSize)/float64(c.stored), c.importMBs, mib(c.sqfsSize), strings.SplitN(c.sqfsComp, ";", 2)[0], float64(c.stored)/float64(c.sqfsSize)))
+		perf.MiB(c.imgSize), perf.MiB(c.stored), float64(c.imgSize)/float64(c.stored), c.importMBs, perf.MiB(c.sqfsSize), strings.SplitN(c.sqfsComp, ";", 2)[0], float64(c.stored)/float64(c.sqfsSize)))
 
 	// 5. Levers, from the diagnostics.
 	if d != nil {
@@ -382,7 +365,7 @@ func conclusions(e *env, r *results) []string {
 				d1.mbs, dn.mbs, runtime.NumCPU(), dn.mbs/d1.mbs))
 		}
 		parts = append(parts, fmt.Sprintf("opening the image costs %s µs cold and %s µs warm through fusefs against %s / %s µs for the plain file",
-			us(d.openCold["fusefs"]), us(d.openWarm["fusefs"]), us(d.openCold["plain"]), us(d.openWarm["plain"])))
+			perf.US(d.openCold["fusefs"]), perf.US(d.openWarm["fusefs"]), perf.US(d.openCold["plain"]), perf.US(d.openWarm["plain"])))
 		out = append(out, "Levers (diagnostics): "+strings.Join(parts, "; ")+".")
 	}
 	return out

@@ -9,12 +9,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/snapfaas/snapfaas/internal/size"
 )
@@ -201,4 +203,43 @@ func FSOf(path string) string {
 		}
 	}
 	return best
+}
+
+// US formats a duration in microseconds with three significant digits or
+// so ("4.21", "42.1", "421").
+func US(d time.Duration) string {
+	v := float64(d) / float64(time.Microsecond)
+	switch {
+	case v < 10:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	case v < 100:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	}
+	return strconv.FormatFloat(v, 'f', 0, 64)
+}
+
+// Times formats a ratio ("0.052×", "3.41×", "17×"; "-" when undefined).
+func Times(x float64) string {
+	switch {
+	case math.IsInf(x, 0) || math.IsNaN(x):
+		return "-"
+	case x < 0.1:
+		return strconv.FormatFloat(x, 'f', 3, 64) + "×"
+	case x < 10:
+		return strconv.FormatFloat(x, 'f', 2, 64) + "×"
+	}
+	return strconv.FormatFloat(x, 'f', 0, 64) + "×"
+}
+
+// MiB formats a byte count in MiB with one decimal, without the unit.
+func MiB(n int64) string { return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) }
+
+// Percentile returns the p-th percentile (nearest rank) of sorted s, 0
+// for none.
+func Percentile(s []time.Duration, p float64) time.Duration {
+	if len(s) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return s[max(0, min(i, len(s)-1))]
 }

@@ -100,13 +100,7 @@ func summarize(ds []time.Duration) lat {
 	for _, d := range s {
 		sum += d
 	}
-	return lat{n: len(s), p50: pct(s, 50), p99: pct(s, 99), mean: sum / time.Duration(len(s))}
-}
-
-// pct returns the nearest-rank p-th percentile of sorted s.
-func pct(s []time.Duration, p float64) time.Duration {
-	i := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[max(0, min(i, len(s)-1))]
+	return lat{n: len(s), p50: report.Percentile(s, 50), p99: report.Percentile(s, 99), mean: sum / time.Duration(len(s))}
 }
 
 // baseline is what reading the raw image file costs.
@@ -657,44 +651,21 @@ func pagePass(s *pagestore.Store, m *pagestore.Memory, seq []int64, raw *os.File
 
 // ---- reporting ----
 
-func us(d time.Duration) string {
-	v := float64(d) / float64(time.Microsecond)
-	switch {
-	case v < 10:
-		return strconv.FormatFloat(v, 'f', 2, 64)
-	case v < 100:
-		return strconv.FormatFloat(v, 'f', 1, 64)
-	}
-	return strconv.FormatFloat(v, 'f', 0, 64)
-}
-
-func times(x float64) string {
-	switch {
-	case x < 0.1:
-		return strconv.FormatFloat(x, 'f', 3, 64) + "×"
-	case x < 10:
-		return strconv.FormatFloat(x, 'f', 2, 64) + "×"
-	}
-	return strconv.FormatFloat(x, 'f', 0, 64) + "×"
-}
-
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
-
-func mib(n int64) string { return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) }
 
 type table = report.Table
 
 func baselineTable(e *env, b baseline) table {
 	t := table{Head: []string{"raw file", "seq read MB/s", "pread p50 / p99 / mean µs", "pread page not cached"}}
 	t.Rows = append(t.Rows, []string{"page cache warm", fmt.Sprintf("%.0f", b.seqWarmMBs),
-		us(b.preadWarm.p50) + " / " + us(b.preadWarm.p99) + " / " + us(b.preadWarm.mean), "-"})
+		report.US(b.preadWarm.p50) + " / " + report.US(b.preadWarm.p99) + " / " + report.US(b.preadWarm.mean), "-"})
 	if e.canDrop() {
 		disk := "unknown"
 		if b.coldDisk >= 0 {
 			disk = fmt.Sprintf("%.0f%%", 100*b.coldDisk)
 		}
 		t.Rows = append(t.Rows, []string{"page cache dropped", fmt.Sprintf("%.0f", b.seqColdMBs),
-			us(b.preadCold.p50) + " / " + us(b.preadCold.p99) + " / " + us(b.preadCold.mean), disk})
+			report.US(b.preadCold.p50) + " / " + report.US(b.preadCold.p99) + " / " + report.US(b.preadCold.mean), disk})
 	} else {
 		t.Rows = append(t.Rows, []string{"page cache dropped", "skipped", "skipped", "skipped"})
 	}
@@ -706,10 +677,10 @@ func storageTable(e *env, b baseline, rs []*result) table {
 	for _, r := range rs {
 		t.Rows = append(t.Rows, []string{
 			r.cfg.String(),
-			fmt.Sprintf("%.0f (%s)", r.importMBs, times(r.importMBs/b.seqWarmMBs)),
-			fmt.Sprintf("%.0f (%s)", r.exportMBs, times(r.exportMBs/b.seqWarmMBs)),
+			fmt.Sprintf("%.0f (%s)", r.importMBs, report.Times(r.importMBs/b.seqWarmMBs)),
+			fmt.Sprintf("%.0f (%s)", r.exportMBs, report.Times(r.exportMBs/b.seqWarmMBs)),
 			strconv.Itoa(r.chunks),
-			mib(r.stored),
+			report.MiB(r.stored),
 			fmt.Sprintf("%.2f", r.dataRatio),
 			fmt.Sprintf("%.2f", r.logicRatio),
 			fmt.Sprintf("%.3f", r.dedup),
@@ -726,16 +697,16 @@ func latencyTable(e *env, b baseline, rs []*result) table {
 	for _, r := range rs {
 		row := []string{
 			r.cfg.String(),
-			us(r.cold.all.p50) + " / " + us(r.cold.all.p99),
-			us(r.cold.all.mean),
+			report.US(r.cold.all.p50) + " / " + report.US(r.cold.all.p99),
+			report.US(r.cold.all.mean),
 			fmt.Sprintf("%.0f%%", 100*r.cold.missRate()),
-			fmt.Sprintf("%s / %s (%s)", us(r.cold.miss.p50), us(r.cold.miss.p99), times(ratio(r.cold.miss.p50, b.preadWarm.p50))),
-			fmt.Sprintf("%s / %s (%s)", us(r.cached.all.p50), us(r.cached.all.p99), times(ratio(r.cached.all.p50, b.preadWarm.p50))),
+			fmt.Sprintf("%s / %s (%s)", report.US(r.cold.miss.p50), report.US(r.cold.miss.p99), report.Times(ratio(r.cold.miss.p50, b.preadWarm.p50))),
+			fmt.Sprintf("%s / %s (%s)", report.US(r.cached.all.p50), report.US(r.cached.all.p99), report.Times(ratio(r.cached.all.p50, b.preadWarm.p50))),
 		}
 		if e.canDrop() {
 			row = append(row,
-				us(r.osCold.all.p50)+" / "+us(r.osCold.all.p99)+" / "+us(r.osCold.all.mean),
-				fmt.Sprintf("%s / %s / %s (%s)", us(r.osCold.miss.p50), us(r.osCold.miss.p99), us(r.osCold.miss.mean), times(ratio(r.osCold.miss.mean, b.preadCold.mean))))
+				report.US(r.osCold.all.p50)+" / "+report.US(r.osCold.all.p99)+" / "+report.US(r.osCold.all.mean),
+				fmt.Sprintf("%s / %s / %s (%s)", report.US(r.osCold.miss.p50), report.US(r.osCold.miss.p99), report.US(r.osCold.miss.mean), report.Times(ratio(r.osCold.miss.mean, b.preadCold.mean))))
 		}
 		t.Rows = append(t.Rows, row)
 	}
@@ -815,7 +786,7 @@ func conclusions(e *env, b baseline, rs []*result) []string {
 		}
 	}
 	line := fmt.Sprintf("Size: %s stores the %s MiB of non-zero pages best, in %s MiB (%.2f× the data, %.1f× the %s MiB logical image); %s is the worst at %.2f×.",
-		best.cfg, mib(e.nonZeroBytes()), mib(best.stored), best.dataRatio, best.logicRatio, mib(e.size), worst.cfg, worst.dataRatio)
+		best.cfg, report.MiB(e.nonZeroBytes()), report.MiB(best.stored), best.dataRatio, best.logicRatio, report.MiB(e.size), worst.cfg, worst.dataRatio)
 	if z4 != nil && z64 != nil {
 		line += fmt.Sprintf(" Going from 4 KiB to 64 KiB chunks takes zstd from %.2f× to %.2f×", z4.dataRatio, z64.dataRatio)
 		if len(s2extra) == 3 {
@@ -838,25 +809,25 @@ func conclusions(e *env, b baseline, rs []*result) []string {
 	for _, g := range []int{4 << 10, 16 << 10, 64 << 10} {
 		z, s := find(ps, g, "zstd", false), find(ps, g, "s2", false)
 		if z != nil && s != nil {
-			perGran = append(perGran, fmt.Sprintf("%s/%s µs at %d KiB", us(z.cold.miss.p50), us(s.cold.miss.p50), g>>10))
+			perGran = append(perGran, fmt.Sprintf("%s/%s µs at %d KiB", report.US(z.cold.miss.p50), report.US(s.cold.miss.p50), g>>10))
 			q := ratio(s.cold.miss.p50, z.cold.miss.p50)
 			sLo, sHi = min(sLo, q), max(sHi, q)
 		}
 	}
 	line = fmt.Sprintf("Fault path: a read that has to decode its chunk (cold miss, pack in the OS page cache) costs p50 %s (zstd/s2), against %s µs for a pread of the raw file; s2 takes %.0f–%.0f%% of zstd's time, and the fastest, %s, is %s the raw pread.",
-		strings.Join(perGran, ", "), us(b.preadWarm.p50), 100*sLo, 100*sHi, fast.cfg, times(ratio(fast.cold.miss.p50, b.preadWarm.p50)))
+		strings.Join(perGran, ", "), report.US(b.preadWarm.p50), 100*sLo, 100*sHi, fast.cfg, report.Times(ratio(fast.cold.miss.p50, b.preadWarm.p50)))
 	if z4 != nil && z64 != nil {
 		line += fmt.Sprintf(" Bigger chunks cost more per miss but serve neighbours: at 64 KiB only %.0f%% of cold reads missed and the mean cold read took %s µs (zstd 4 KiB: %.0f%%, %s µs).",
-			100*z64.cold.missRate(), us(z64.cold.all.mean), 100*z4.cold.missRate(), us(z4.cold.all.mean))
+			100*z64.cold.missRate(), report.US(z64.cold.all.mean), 100*z4.cold.missRate(), report.US(z4.cold.all.mean))
 	}
 	lo, hi := ps[0].cached.all.p50, ps[0].cached.all.p50
 	for _, r := range ps {
 		lo, hi = min(lo, r.cached.all.p50), max(hi, r.cached.all.p50)
 	}
-	line += fmt.Sprintf(" Cached pages cost p50 %s–%s µs in every configuration (%s–%s the raw pread).", us(lo), us(hi), times(ratio(lo, b.preadWarm.p50)), times(ratio(hi, b.preadWarm.p50)))
+	line += fmt.Sprintf(" Cached pages cost p50 %s–%s µs in every configuration (%s–%s the raw pread).", report.US(lo), report.US(hi), report.Times(ratio(lo, b.preadWarm.p50)), report.Times(ratio(hi, b.preadWarm.p50)))
 	if e.canDrop() && z4 != nil && z64 != nil && z4.osCold != nil && z64.osCold != nil {
 		line += fmt.Sprintf(" With the OS page cache dropped a miss costs on average %s µs (zstd 4 KiB) to %s µs (zstd 64 KiB) against %s µs for a cold raw pread",
-			us(z4.osCold.miss.mean), us(z64.osCold.miss.mean), us(b.preadCold.mean))
+			report.US(z4.osCold.miss.mean), report.US(z64.osCold.miss.mean), report.US(b.preadCold.mean))
 		if b.coldDisk >= 0 {
 			line += fmt.Sprintf(" (%.0f%% of whose pages were not cached just before the read", 100*b.coldDisk)
 			if b.coldDisk < 0.9 {
@@ -876,9 +847,9 @@ func conclusions(e *env, b baseline, rs []*result) []string {
 		}
 	}
 	def := find(ps, pagestore.DefaultGranularity, "zstd", false)
-	line = fmt.Sprintf("Trade-off: among configurations within 10%% of the best ratio, %s has the lowest cold-miss p50 (%s µs at %.2f×)", pick.cfg, us(pick.cold.miss.p50), pick.dataRatio)
+	line = fmt.Sprintf("Trade-off: among configurations within 10%% of the best ratio, %s has the lowest cold-miss p50 (%s µs at %.2f×)", pick.cfg, report.US(pick.cold.miss.p50), pick.dataRatio)
 	if def != nil && def != pick {
-		line += fmt.Sprintf("; the current default (zstd %d KiB) gives %s µs at %.2f×", pagestore.DefaultGranularity>>10, us(def.cold.miss.p50), def.dataRatio)
+		line += fmt.Sprintf("; the current default (zstd %d KiB) gives %s µs at %.2f×", pagestore.DefaultGranularity>>10, report.US(def.cold.miss.p50), def.dataRatio)
 		if def.dataRatio < 0.9*best.dataRatio {
 			line += ", outside that band"
 		}
@@ -894,7 +865,7 @@ func conclusions(e *env, b baseline, rs []*result) []string {
 	}
 	if o := find(ps, pick.cfg.gran, other, false); o != nil {
 		line += fmt.Sprintf(" %s at the same granularity gives %s µs (%+.0f%%) at %.2f× (%+.0f%% stored bytes).",
-			o.cfg, us(o.cold.miss.p50), 100*(ratio(o.cold.miss.p50, pick.cold.miss.p50)-1), o.dataRatio,
+			o.cfg, report.US(o.cold.miss.p50), 100*(ratio(o.cold.miss.p50, pick.cold.miss.p50)-1), o.dataRatio,
 			100*(float64(o.stored)/float64(pick.stored)-1))
 	}
 	if pick != fast {
@@ -907,18 +878,18 @@ func conclusions(e *env, b baseline, rs []*result) []string {
 		vlo, vhi := v.cold.spread()
 		zlo, zhi := z.cold.spread()
 		line = fmt.Sprintf("VerifyHash(true) (SHA-256 of each decoded chunk) moves the zstd 4 KiB cold-miss p50 from %s to %s µs (%+.2f µs, %+.0f%%; per-round p50 %s–%s vs %s–%s µs over %d rounds)",
-			us(z.cold.miss.p50), us(v.cold.miss.p50), float64(v.cold.miss.p50-z.cold.miss.p50)/1e3,
-			100*(ratio(v.cold.miss.p50, z.cold.miss.p50)-1), us(vlo), us(vhi), us(zlo), us(zhi), v.rounds)
+			report.US(z.cold.miss.p50), report.US(v.cold.miss.p50), float64(v.cold.miss.p50-z.cold.miss.p50)/1e3,
+			100*(ratio(v.cold.miss.p50, z.cold.miss.p50)-1), report.US(vlo), report.US(vhi), report.US(zlo), report.US(zhi), v.rounds)
 		if v.rounds > 1 && vlo <= zhi && zlo <= vhi {
 			line += ", a difference within the round-to-round spread"
 		}
-		line += fmt.Sprintf("; cached reads are not re-hashed (p50 %s vs %s µs).", us(v.cached.all.p50), us(z.cached.all.p50))
+		line += fmt.Sprintf("; cached reads are not re-hashed (p50 %s vs %s µs).", report.US(v.cached.all.p50), report.US(z.cached.all.p50))
 		if v.osCold != nil && z.osCold != nil {
-			line += fmt.Sprintf(" OS-cold miss p50: %s vs %s µs (means %s vs %s µs)", us(v.osCold.miss.p50), us(z.osCold.miss.p50), us(v.osCold.miss.mean), us(z.osCold.miss.mean))
+			line += fmt.Sprintf(" OS-cold miss p50: %s vs %s µs (means %s vs %s µs)", report.US(v.osCold.miss.p50), report.US(z.osCold.miss.p50), report.US(v.osCold.miss.mean), report.US(z.osCold.miss.mean))
 			vlo, vhi := v.osCold.spread()
 			zlo, zhi := z.osCold.spread()
 			if v.rounds > 1 && vlo <= zhi && zlo <= vhi {
-				line += fmt.Sprintf(", within the round-to-round spread (%s–%s vs %s–%s µs)", us(vlo), us(vhi), us(zlo), us(zhi))
+				line += fmt.Sprintf(", within the round-to-round spread (%s–%s vs %s–%s µs)", report.US(vlo), report.US(vhi), report.US(zlo), report.US(zhi))
 			}
 			line += "."
 		}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,15 +56,13 @@ func TestVMMCommand(t *testing.T) {
 	}
 	// A healthy boot prints the banner on stdout; Ctrl-C stops it.
 	cmd := exec.Command(bin, "vmm", "--kernel", elf, "--vcpu_count", "2", "--cmdline", "testguest.heap_mb=0")
-	var so bytes.Buffer
+	var so syncBuf
 	cmd.Stdout, cmd.Stderr = &so, &so
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for !strings.Contains(so.String(), "ready") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	defer cmd.Process.Kill()
+	waitFor(t, 2*time.Minute, `the guest's "ready" line`, func() bool { return strings.Contains(so.String(), "ready") }, so.String)
 	cmd.Process.Signal(syscall.SIGINT)
 	cmd.Wait()
 	if !strings.HasPrefix(so.String(), testguest.Banner) || !strings.Contains(so.String(), "interrupted") {
@@ -81,21 +78,13 @@ func TestVMMCommand(t *testing.T) {
 func TestRunSnapshotAndRestore(t *testing.T) {
 	elf := testGuest(t)
 	store := filepath.Join(t.TempDir(), "store")
-	t.Cleanup(func() {
-		// run leaves the sidecar it started running, as a daemon.
-		if b, err := os.ReadFile(filepath.Join(store, "LOCK")); err == nil {
-			var pid int
-			if _, err := fmt.Sscanf(string(b), "pid %d", &pid); err == nil && pid > 0 {
-				syscall.Kill(pid, syscall.SIGTERM)
-			}
-		}
-	})
+	stopSidecarAtCleanup(t, store)
 	cfg := testguest.DefaultConfig()
 	cfg.HeapMB = 1
 	reqs := []testguest.Request{testguest.TouchRequest(1, 3, 4, 2, false), testguest.TouchRequest(2, 10, 2, 1, true), testguest.TouchRequest(3, 200, 8, 3, false)}
 	// run feeds reqs to snapfaas run and checks its answers against the
 	// model heap (a fresh one unless given: the state the snapshot holds).
-	run := func(heap *testguest.Heap, reqs []testguest.Request, args ...string) string {
+	runIn := func(store string, heap *testguest.Heap, reqs []testguest.Request, args ...string) string {
 		t.Helper()
 		if heap == nil {
 			heap = testguest.NewHeap(cfg.Seed, cfg.HeapMB)
@@ -110,7 +99,7 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 		}
 		cmd := exec.Command(bin, append([]string{"run", "--store", store}, args...)...)
 		cmd.Stdin = strings.NewReader(in.String())
-		var so, se bytes.Buffer
+		var so, se syncBuf
 		cmd.Stdout, cmd.Stderr = &so, &se
 		done := make(chan error, 1)
 		if err := cmd.Start(); err != nil {
@@ -134,6 +123,10 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 		}
 		return se.String()
 	}
+	run := func(heap *testguest.Heap, reqs []testguest.Request, args ...string) string {
+		t.Helper()
+		return runIn(store, heap, reqs, args...)
+	}
 	run(nil, reqs, "--kernel", elf, "--mem_size", "64", "--cmdline", cfg.Cmdline(), "--dump_dir", "tg")
 	// Two restores at once, with no sidecar running yet: both start one,
 	// one wins the store, and both VMs are served by it.
@@ -151,7 +144,7 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 		go func() {
 			cmd := exec.Command(bin, "run", "--store", store, "--load_dir", "tg")
 			cmd.Stdin = strings.NewReader(in.String())
-			var so, se bytes.Buffer
+			var so, se syncBuf
 			cmd.Stdout, cmd.Stderr = &so, &se
 			if err := cmd.Run(); err != nil {
 				outs <- fmt.Sprintf("%v\n%s", err, se.String())
@@ -269,6 +262,21 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 	if n := copied("--load_dir", "fn", "--copy_diff"); n == 0 || int64(n) > info.LayerPages {
 		t.Errorf("copy_diff copied %d pages in; the diff has %d", n, info.LayerPages)
 	}
+
+	// The diff snapshot exported to a directory (parents resolved) and
+	// imported into another store restores there, lazily and eagerly, into
+	// a VM that carries on from the warmed-up state.
+	dir := filepath.Join(t.TempDir(), "fn-export")
+	if out, err := exec.Command(bin, "snapshot", "export", "--store", store, "fn", dir).CombinedOutput(); err != nil {
+		t.Fatalf("snapshot export: %v\n%s", err, out)
+	}
+	store2 := filepath.Join(t.TempDir(), "store2")
+	stopSidecarAtCleanup(t, store2)
+	if out, err := exec.Command(bin, "snapshot", "import", "--store", store2, dir, "fn-copy").CombinedOutput(); err != nil {
+		t.Fatalf("snapshot import: %v\n%s", err, out)
+	}
+	runIn(store2, after(), reqs, "--load_dir", "fn-copy")
+	runIn(store2, after(), reqs, "--load_dir", "fn-copy", "--copy_base")
 }
 
 // TestRunFailsClearly: a lazily restored VM whose sidecar is killed makes
@@ -278,19 +286,7 @@ func TestRunSnapshotAndRestore(t *testing.T) {
 func TestRunFailsClearly(t *testing.T) {
 	elf := testGuest(t)
 	store := filepath.Join(t.TempDir(), "store")
-	sidecarPid := func() int {
-		b, err := os.ReadFile(filepath.Join(store, "LOCK"))
-		var pid int
-		if err == nil {
-			fmt.Sscanf(string(b), "pid %d", &pid)
-		}
-		return pid
-	}
-	t.Cleanup(func() {
-		if pid := sidecarPid(); pid > 0 {
-			syscall.Kill(pid, syscall.SIGTERM)
-		}
-	})
+	stopSidecarAtCleanup(t, store)
 	cfg := testguest.DefaultConfig()
 	cfg.HeapMB = 1
 	req := func(id, start uint64) string {
@@ -307,7 +303,7 @@ func TestRunFailsClearly(t *testing.T) {
 	cmd := exec.Command(bin, "run", "--store", store, "--load_dir", "tg")
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
-	var se bytes.Buffer
+	var se syncBuf
 	cmd.Stderr = &se
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -318,7 +314,7 @@ func TestRunFailsClearly(t *testing.T) {
 	if n, err := stdout.Read(line); err != nil || !strings.Contains(string(line[:n]), "checksum") {
 		t.Fatalf("first response: %q %v\n%s", line[:n], err, se.String())
 	}
-	pid := sidecarPid()
+	pid := sidecarPid(store)
 	if pid <= 0 {
 		t.Fatal("no sidecar pid in the store's LOCK")
 	}
@@ -336,9 +332,9 @@ func TestRunFailsClearly(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("snapfaas run still running 15s after the sidecar died:\n%s", se.String())
 	}
-	for sidecarPid() == pid && syscall.Kill(pid, 0) == nil {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, 10*time.Second, fmt.Sprintf("the killed sidecar (pid %d) to be gone", pid), func() bool {
+		return sidecarPid(store) != pid || syscall.Kill(pid, 0) != nil
+	}, nil)
 
 	// Corrupt every pack: flip a byte in each 4 KiB.
 	packs, _ := filepath.Glob(filepath.Join(store, "chunks", "*"))
@@ -360,7 +356,7 @@ func TestRunFailsClearly(t *testing.T) {
 	for _, args := range [][]string{{"--load_dir", "tg"}, {"--load_dir", "tg", "--copy_base"}} {
 		cmd := exec.Command(bin, append([]string{"run", "--store", store}, args...)...)
 		cmd.Stdin = strings.NewReader(req(1, 0))
-		var out bytes.Buffer
+		var out syncBuf
 		cmd.Stdout, cmd.Stderr = &out, &out
 		cmd.Start()
 		done := make(chan error, 1)

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// syncBuf is an output buffer a test may read while a child process's
+// output is still being copied into it (exec copies on its own goroutine).
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitFor polls cond until it holds, failing the test with what it was
+// waiting for (and detail(), if given) when timeout passes first.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool, detail func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			msg := ""
+			if detail != nil {
+				msg = "\n" + detail()
+			}
+			t.Fatalf("still waiting after %s for %s%s", timeout, what, msg)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// sidecarPid is the pid the store's LOCK file names (0 if none).
+func sidecarPid(store string) int {
+	b, err := os.ReadFile(filepath.Join(store, "LOCK"))
+	var pid int
+	if err == nil {
+		fmt.Sscanf(string(b), "pid %d", &pid)
+	}
+	return pid
+}
+
+// stopSidecarAtCleanup stops, when the test ends, the sidecar that
+// `snapfaas run` left running for store (it runs on as a daemon).
+func stopSidecarAtCleanup(t *testing.T, store string) {
+	t.Cleanup(func() {
+		if pid := sidecarPid(store); pid > 0 {
+			syscall.Kill(pid, syscall.SIGTERM)
+		}
+	})
+}
+
+// processesMentioning lists the live processes whose command line
+// contains s (other than this test binary).
+func processesMentioning(s string) []string {
+	var found []string
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		if d == fmt.Sprintf("/proc/%d", os.Getpid()) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(d, "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		if cmd := strings.ReplaceAll(string(bytes.TrimRight(b, "\x00")), "\x00", " "); strings.Contains(cmd, s) {
+			found = append(found, filepath.Base(d)+": "+cmd)
+		}
+	}
+	return found
+}

@@ -129,7 +129,7 @@ func demoAction(c *cli.Context) error {
 	tw.Flush()
 	say("memory in: guest memory the sidecar installed, before (eager) or while (lazy) the guest ran; decoded: chunk bytes it decompressed")
 	say("every answer matched the guest's model: the restores are identical to each other and to the VM that was snapshotted")
-	say("(this host emulates guest instructions, so the guest's own work dominates the times; `snapfaas bench restore` measures a 128 MiB guest)")
+	say("(`snapfaas bench restore` measures these restores of a 128 MiB guest, several times each)")
 	say("done in %s", time.Since(t0).Round(100*time.Millisecond))
 	return nil
 }

@@ -152,7 +152,13 @@ func labGuest(what string) (string, error) {
 	} else {
 		s.Close()
 	}
-	elf, err := testguest.Build(filepath.Join(os.TempDir(), "snapfaas-testguest"))
+	// Built once per source version, in the user's cache (keyed by the
+	// sources' hash), not in the scratch space.
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	elf, err := testguest.Build(filepath.Join(cache, "snapfaas", "testguest"))
 	if errors.Is(err, testguest.ErrNoCompiler) {
 		return "", fmt.Errorf("%w (install gcc, or use scripts/demo.sh, which does)", err)
 	}

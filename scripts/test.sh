@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check CI runs: formatting, vet, and the full test suite.
+# Runs every check CI runs: formatting, vet, and the full test suite under
+# the race detector.
 # Tests that need a device this machine lacks (/dev/kvm, /dev/fuse,
 # userfaultfd, python3) skip and say why; run with -v to see the reasons.
 set -euo pipefail
@@ -30,4 +31,6 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go vet ./...
-go test -count=1 -timeout 20m "$@" ./...
+# The whole suite runs under the race detector: the VMM, the page server
+# and the FUSE server share memory across goroutines (and with the guest).
+go test -race -count=1 -timeout 30m "$@" ./...

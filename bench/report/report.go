@@ -270,6 +270,18 @@ func (v Verdict) String() string {
 // finite number above zero (benchmarks leave 0 for "none measured").
 func measured(x float64) bool { return x > 0 && !math.IsInf(x, 0) && !math.IsNaN(x) }
 
+// Check judges a target whose measurement is not a positive number (a
+// share that may be 0, say): NOT measured unless measured, then met if ok.
+func Check(measured, ok bool) Verdict {
+	switch {
+	case !measured:
+		return NotMeasured
+	case ok:
+		return Met
+	}
+	return NotMet
+}
+
 // AtLeast judges the target x ≥ min.
 func AtLeast(x, min float64) Verdict {
 	switch {

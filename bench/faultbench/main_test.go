@@ -74,6 +74,16 @@ func TestRunSmall(t *testing.T) {
 			t.Errorf("document lacks %q:\n%s", want, doc)
 		}
 	}
+	// Figures this run did not measure are quoted as background, never
+	// among the conclusions.
+	_, concl, _ := strings.Cut(doc, "Conclusions (from the numbers above):")
+	concl, bg, ok := strings.Cut(concl, "\nBackground (from ENVIRONMENT.md, not measured in this run)")
+	if !ok || !strings.Contains(bg, "33–80 µs") {
+		t.Errorf("no background line after the conclusions:\n%s", doc)
+	}
+	if strings.Contains(concl, "33–80") || strings.Contains(concl, "~11 µs") {
+		t.Errorf("the conclusions quote figures this run did not measure:\n%s", concl)
+	}
 	if strings.Contains(doc, "stale numbers") {
 		t.Errorf("old section content kept:\n%s", doc)
 	}

@@ -1,5 +1,6 @@
 // Package report holds what snapfaas's benchmarks share to report their
-// results: byte sizes on the command line, and a section of
+// results: byte sizes on the command line, target verdicts (met, NOT met,
+// or not measured: never "met" by default), and a section of
 // docs/PERFORMANCE.md replaced in place so that every benchmark owns its own
 // section and reruns do not pile up.
 package report
@@ -242,4 +243,82 @@ func Percentile(s []time.Duration, p float64) time.Duration {
 	}
 	i := int(math.Ceil(p/100*float64(len(s)))) - 1
 	return s[max(0, min(i, len(s)-1))]
+}
+
+// Verdict is the outcome of checking a measurement against a target. The
+// zero value is NotMeasured, so that a target nobody judged never reads
+// "met".
+type Verdict int
+
+const (
+	NotMeasured Verdict = iota
+	Met
+	NotMet
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Met:
+		return "met"
+	case NotMet:
+		return "NOT met"
+	}
+	return "not measured"
+}
+
+// measured reports whether x can be a measured ratio, time or size: a
+// finite number above zero (benchmarks leave 0 for "none measured").
+func measured(x float64) bool { return x > 0 && !math.IsInf(x, 0) && !math.IsNaN(x) }
+
+// Check judges a target whose measurement is not a positive number (a
+// share that may be 0, say): NOT measured unless measured, then met if ok.
+func Check(measured, ok bool) Verdict {
+	switch {
+	case !measured:
+		return NotMeasured
+	case ok:
+		return Met
+	}
+	return NotMet
+}
+
+// AtLeast judges the target x ≥ min.
+func AtLeast(x, min float64) Verdict {
+	switch {
+	case !measured(x):
+		return NotMeasured
+	case x >= min:
+		return Met
+	}
+	return NotMet
+}
+
+// AtMost judges the target x ≤ max.
+func AtMost(x, max float64) Verdict {
+	switch {
+	case !measured(x):
+		return NotMeasured
+	case x <= max:
+		return Met
+	}
+	return NotMet
+}
+
+// All combines the verdicts of one target judged in several cases: NOT
+// met if any case is, otherwise not measured if any case is or there is
+// no case, otherwise met.
+func All(vs ...Verdict) Verdict {
+	out := Met
+	if len(vs) == 0 {
+		out = NotMeasured
+	}
+	for _, v := range vs {
+		switch v {
+		case NotMet:
+			return NotMet
+		case NotMeasured:
+			out = NotMeasured
+		}
+	}
+	return out
 }

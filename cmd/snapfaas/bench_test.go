@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"math"
 	"os"
@@ -142,13 +141,9 @@ func TestKVMKind(t *testing.T) {
 func TestBenchRestore(t *testing.T) {
 	testGuest(t) // skips without KVM or a C compiler
 	store := filepath.Join(t.TempDir(), "store")
-	t.Cleanup(func() {
-		if pid := sidecarPid(store); pid > 0 {
-			syscall.Kill(pid, syscall.SIGTERM)
-		}
-	})
+	stopSidecarAtCleanup(t, store)
 	cmd := exec.Command(bin, "bench", "restore", "--mem_size", "32", "--ws", "5", "--rounds", "1", "--synthetic", "--store", store)
-	var so, se bytes.Buffer
+	var so, se syncBuf
 	cmd.Stdout, cmd.Stderr = &so, &se
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -173,7 +168,7 @@ func TestBenchRestore(t *testing.T) {
 	if pid := sidecarPid(store); pid > 0 && syscall.Kill(pid, 0) == nil {
 		t.Errorf("sidecar %d still running", pid)
 	}
-	if ps := processesWith(store); len(ps) > 0 {
+	if ps := processesMentioning(store); len(ps) > 0 {
 		t.Errorf("processes left running on the store: %v", ps)
 	}
 
@@ -287,34 +282,4 @@ func parseMs(s string) (float64, error) {
 		return 0, fmt.Errorf("%q is not in ms", s)
 	}
 	return strconv.ParseFloat(v, 64)
-}
-
-// sidecarPid is the pid of the sidecar serving store, from its LOCK file;
-// 0 if none.
-func sidecarPid(store string) int {
-	b, err := os.ReadFile(filepath.Join(store, "LOCK"))
-	if err != nil {
-		return 0
-	}
-	var pid int
-	if _, err := fmt.Sscanf(string(b), "pid %d", &pid); err != nil {
-		return 0
-	}
-	return pid
-}
-
-// processesWith lists the processes whose command line mentions s.
-func processesWith(s string) []string {
-	ents, _ := os.ReadDir("/proc")
-	var out []string
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.Contains(b, []byte(s)) {
-			out = append(out, e.Name()+": "+strings.ReplaceAll(string(bytes.TrimRight(b, "\x00")), "\x00", " "))
-		}
-	}
-	return out
 }

@@ -150,8 +150,9 @@ func TestDemo(t *testing.T) {
 	if lazy.prefetched != 0 || lazy.faults < 128 || lazy.faultMS <= 0 || lazy.memoryIn >= memMiB<<20 {
 		t.Errorf("lazy: %+v; want no prefetch, at least the request's 128 pages faulted in, and far less than all memory", lazy)
 	}
-	if lazyWS.prefetched != ws || lazyWS.faults*10 > lazy.faults {
-		t.Errorf("lazy + WS: %+v; want the %d recorded pages prefetched and under a tenth of lazy's %d faults", lazyWS, ws, lazy.faults)
+	// The guest may race the prefetcher to a few working-set pages.
+	if lazyWS.prefetched > ws || lazyWS.prefetched < ws*9/10 || lazyWS.faults*10 > lazy.faults {
+		t.Errorf("lazy + WS: %+v; want (nearly) all %d recorded pages prefetched and under a tenth of lazy's %d faults", lazyWS, ws, lazy.faults)
 	}
 
 	// Nothing left behind: the scratch store and the sidecar it started.

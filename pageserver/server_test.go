@@ -458,24 +458,45 @@ func TestFirecrackerHandoff(t *testing.T) {
 	}
 }
 
+// What a malformed handoff carries instead of a uffd, or with it.
+type passFD int
+
+const (
+	noFD   passFD = iota
+	pipeFD        // a descriptor that is not a uffd
+	uffdFD        // a real uffd, with nothing registered
+)
+
 func TestMalformedMessages(t *testing.T) {
 	f := newFixture(t, "")
-	send := func(body string, withFD bool) Reply {
+	send := func(body string, pass passFD) Reply {
 		t.Helper()
 		conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: f.sock, Net: "unix"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		if withFD {
+		switch pass {
+		case pipeFD:
 			r, w, _ := os.Pipe()
 			defer r.Close()
 			defer w.Close()
 			if err := uffd.SendRaw(conn, int(r.Fd()), []byte(body)); err != nil {
 				t.Fatal(err)
 			}
-		} else if _, err := conn.Write([]byte(body)); err != nil {
-			t.Fatal(err)
+		case uffdFD:
+			u, err := uffd.New()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer u.Close()
+			if err := uffd.SendRaw(conn, u.Fd(), []byte(body)); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			if _, err := conn.Write([]byte(body)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		line, err := bufio.NewReader(conn).ReadBytes('\n')
@@ -489,34 +510,32 @@ func TestMalformedMessages(t *testing.T) {
 		if err := json.Unmarshal(line, &rep); err != nil {
 			t.Fatal(err)
 		}
-		// And the server closes the connection.
-		if _, err := conn.Read(make([]byte, 1)); err != io.EOF {
+		// And after an error the server closes the connection.
+		if _, err := conn.Read(make([]byte, 1)); !rep.OK && err != io.EOF {
 			t.Fatalf("connection left open after an error: %v", err)
 		}
 		return rep
 	}
+	const region = `[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]`
 	for _, tc := range []struct {
-		body   string
-		withFD bool
-		want   string
+		body string
+		pass passFD
+		want string
 	}{
-		{`{"snapshot":"base"`, true, "handoff"},
-		{`{"snapshot":"base","regions":[]}`, true, "no regions"},
-		{`{"snapshot":"nope","regions":[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]}`, true, ""},
-		{`{"snapshot":"base","regions":[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":2097152}]}`, true, "page size"},
+		{`{"snapshot":"base"`, uffdFD, "handoff"},
+		{`{"snapshot":"base","regions":[]}`, uffdFD, "no regions"},
+		{`{"snapshot":"nope","regions":` + region + `}`, uffdFD, `snapshot "nope": not found`},
+		{`{"snapshot":"base","regions":[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":2097152}]}`, uffdFD, "page size"},
+		// A pipe is not a uffd.
+		{`{"snapshot":"base","regions":` + region + `}`, pipeFD, "not a userfaultfd"},
 		// Firecracker's form gets no replies, only a closed connection.
-		{`[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]`, true, "closed without reply"},
-		{`{"snapshot":"base"}`, false, "no file descriptor"},
+		{region, uffdFD, "closed without reply"},
+		{`{"snapshot":"base"}`, noFD, "no file descriptor"},
 	} {
-		rep := send(tc.body, tc.withFD)
+		rep := send(tc.body, tc.pass)
 		if rep.OK || !strings.Contains(rep.Error, tc.want) {
 			t.Errorf("%s: reply %+v, want an error containing %q", tc.body, rep, tc.want)
 		}
-	}
-	// A pipe is not a uffd.
-	rep := send(`{"snapshot":"base","regions":[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]}`, true)
-	if rep.OK {
-		t.Error("a pipe was accepted as a uffd")
 	}
 	// The server still serves.
 	res := runChildOK(t, childSpec{Socket: f.sock, Snapshot: "base", Size: int64(len(f.base)), Bye: true})

@@ -166,6 +166,19 @@ func (d *daemon) waitLog(t *testing.T, want string, timeout time.Duration) {
 	}
 }
 
+// logLine waits for a line of the daemon's log containing msg and returns
+// it.
+func (d *daemon) logLine(t *testing.T, msg string, timeout time.Duration) string {
+	t.Helper()
+	d.waitLog(t, msg, timeout)
+	for _, l := range strings.Split(d.stderr.String(), "\n") {
+		if strings.Contains(l, msg) {
+			return l
+		}
+	}
+	panic("unreachable: waitLog saw " + msg)
+}
+
 // stop sends sig and waits for a clean exit.
 func (d *daemon) stop(t *testing.T, sig os.Signal) {
 	t.Helper()

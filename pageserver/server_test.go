@@ -162,7 +162,7 @@ func runChild(specJSON string) {
 					break
 				}
 				if time.Now().After(deadline) {
-					die("prefetch never finished: %+v", m)
+					die("waited 20s for the prefetch to finish; metrics: %+v", m)
 				}
 				time.Sleep(2 * time.Millisecond)
 			}

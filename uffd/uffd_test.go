@@ -261,7 +261,7 @@ func TestInProcessFaults(t *testing.T) {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out; served %d/%d pages", len(served), pages)
+			t.Fatalf("waited 20s for the faulting goroutine to read every page; served %d/%d pages", len(served), pages)
 		}
 		if _, err := u.Poll(50 * time.Millisecond); err != nil {
 			t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,7 +27,26 @@ type mountedStore struct {
 	s    *pagestore.Store
 	dir  string
 	mnt  string
-	logs *bytes.Buffer
+	logs *syncBuf
+}
+
+// syncBuf is a log sink the test can read while the server's handler
+// writes to it.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func mountStore(t *testing.T) *mountedStore {
@@ -37,7 +57,7 @@ func mountStore(t *testing.T) *mountedStore {
 	if os.Geteuid() != 0 {
 		t.Skip("DirectMount needs root (no fusermount here)")
 	}
-	m := &mountedStore{dir: t.TempDir(), logs: &bytes.Buffer{}}
+	m := &mountedStore{dir: t.TempDir(), logs: &syncBuf{}}
 	var err error
 	m.s, err = pagestore.Open(filepath.Join(m.dir, "store"), pagestore.Create())
 	if err != nil {
@@ -202,7 +222,7 @@ func TestCatalogTreeIsLive(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("removed snapshot still visible")
+			t.Fatalf("waited 5s for removed snapshot %s to disappear from the mount", snap)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -251,8 +271,9 @@ func TestCorruptChunkGivesEIO(t *testing.T) {
 	if _, err := f.ReadAt(buf, int64(len(img)-4096)); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("corrupt chunk: %v, want EIO", err)
 	}
-	if !strings.Contains(m.logs.String(), "chunk") || !strings.Contains(m.logs.String(), "checksum mismatch") {
-		t.Fatalf("no log line naming the chunk: %q", m.logs.String())
+	// The server logs before it replies EIO, so the line is there now.
+	if logs := m.logs.String(); !strings.Contains(logs, "chunk") || !strings.Contains(logs, "checksum mismatch") {
+		t.Fatalf("no log line naming the chunk: %q", logs)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -44,8 +45,10 @@ type childSpec struct {
 	SplitRegions bool    // two regions, mapped in reverse order
 	Touch        []int64 // pages in order; nil: every page
 	WaitPrefetch bool    // wait until prefetch is done before touching
-	SlowTouch    time.Duration
-	Bye          bool
+	// HoldAfter > 0: after touching that many pages, print "HOLDING" to
+	// stderr and wait for a line (or EOF) on stdin before going on.
+	HoldAfter int
+	Bye       bool
 }
 
 // childResult is what a child prints.
@@ -159,7 +162,7 @@ func runChild(specJSON string) {
 					break
 				}
 				if time.Now().After(deadline) {
-					die("prefetch never finished: %+v", m)
+					die("waited 20s for the prefetch to finish; metrics: %+v", m)
 				}
 				time.Sleep(2 * time.Millisecond)
 			}
@@ -172,11 +175,12 @@ func runChild(specJSON string) {
 		}
 	}
 	h := sha256.New()
-	for _, p := range touch {
-		h.Write(page(p)) // faults on first touch
-		if spec.SlowTouch > 0 {
-			time.Sleep(spec.SlowTouch)
+	for i, p := range touch {
+		if spec.HoldAfter > 0 && i == spec.HoldAfter {
+			fmt.Fprintln(os.Stderr, "HOLDING")
+			bufio.NewReader(os.Stdin).ReadString('\n')
 		}
+		h.Write(page(p)) // faults on first touch
 	}
 	res := childResult{Sum: hex.EncodeToString(h.Sum(nil))}
 	if client != nil && spec.Bye {
@@ -203,44 +207,112 @@ func runSidecar(spec string) {
 	New(s, slog.New(slog.NewTextHandler(io.Discard, nil))).Serve(context.Background(), ln, "")
 }
 
-func startChild(t *testing.T, spec childSpec) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
-	t.Helper()
-	b, _ := json.Marshal(spec)
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), childEnv+"="+string(b))
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	return cmd, &out, &errb
+// syncBuf collects a child's stderr; the test reads it while the child
+// runs and can wait for a line.
+type syncBuf struct {
+	mu      sync.Mutex
+	b       bytes.Buffer
+	written chan struct{} // a token after every Write
 }
 
-func waitChild(t *testing.T, cmd *exec.Cmd, out, errb *bytes.Buffer, timeout time.Duration) (childResult, error) {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+func newSyncBuf() *syncBuf { return &syncBuf{written: make(chan struct{}, 1)} }
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	select {
-	case err := <-done:
+	case s.written <- struct{}{}:
+	default:
+	}
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitFor waits until the child has printed want, failing after timeout.
+func (s *syncBuf) waitFor(t *testing.T, want string, timeout time.Duration) {
+	t.Helper()
+	tm := time.NewTimer(timeout)
+	defer tm.Stop()
+	for !strings.Contains(s.String(), want) {
+		select {
+		case <-s.written:
+		case <-tm.C:
+			t.Fatalf("waited %s for the child to print %q; its stderr: %q", timeout, want, s.String())
+		}
+	}
+}
+
+// childProc is a running client child.
+type childProc struct {
+	cmd    *exec.Cmd
+	out    bytes.Buffer
+	errb   *syncBuf
+	stdin  io.WriteCloser
+	exited chan error // Wait's result, once
+}
+
+// startChild starts a client child; the test's cleanup kills it if the test
+// did not wait for it. Its stdin stays open until release (see
+// childSpec.HoldAfter).
+func startChild(t *testing.T, spec childSpec) *childProc {
+	t.Helper()
+	b, _ := json.Marshal(spec)
+	c := &childProc{cmd: exec.Command(os.Args[0]), errb: newSyncBuf(), exited: make(chan error, 1)}
+	c.cmd.Env = append(os.Environ(), childEnv+"="+string(b))
+	c.cmd.Stdout, c.cmd.Stderr = &c.out, c.errb
+	var err error
+	if c.stdin, err = c.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { c.exited <- c.cmd.Wait() }()
+	t.Cleanup(func() {
+		c.cmd.Process.Kill()
+		c.stdin.Close()
+	})
+	return c
+}
+
+// release lets a child waiting in HoldAfter go on. A child that exited
+// meanwhile (EPIPE, or the pipe already closed by Wait) is left to wait to
+// report.
+func (c *childProc) release(t *testing.T) {
+	t.Helper()
+	if _, err := c.stdin.Write([]byte("go\n")); err != nil && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("releasing the child: %v", err)
+	}
+}
+
+// wait waits for the child to exit and returns what it printed.
+func (c *childProc) wait(t *testing.T, timeout time.Duration) (childResult, error) {
+	t.Helper()
+	select {
+	case err := <-c.exited:
 		if err != nil {
-			return childResult{}, fmt.Errorf("child: %v: %s", err, errb.String())
+			return childResult{}, fmt.Errorf("child: %v: %s", err, c.errb.String())
 		}
 	case <-time.After(timeout):
-		cmd.Process.Kill()
-		<-done
-		t.Fatalf("child hung for %s: %s", timeout, errb.String())
+		c.cmd.Process.Kill()
+		<-c.exited
+		t.Fatalf("child hung for %s: %s", timeout, c.errb.String())
 	}
 	var res childResult
-	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
-		return res, fmt.Errorf("child output %q: %v", out.String(), err)
+	if err := json.Unmarshal(c.out.Bytes(), &res); err != nil {
+		return res, fmt.Errorf("child output %q: %v", c.out.String(), err)
 	}
 	return res, nil
 }
 
 func runChildOK(t *testing.T, spec childSpec) childResult {
 	t.Helper()
-	cmd, out, errb := startChild(t, spec)
-	res, err := waitChild(t, cmd, out, errb, 60*time.Second)
+	res, err := startChild(t, spec).wait(t, 60*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,13 +501,13 @@ func TestRecordThenPrefetch(t *testing.T) {
 
 func TestTwoClientsAtOnce(t *testing.T) {
 	f := newFixture(t, "")
-	c1, o1, e1 := startChild(t, childSpec{Socket: f.sock, Snapshot: "base", Size: int64(len(f.base)), Bye: true})
-	c2, o2, e2 := startChild(t, childSpec{Socket: f.sock, Snapshot: "diff", Size: int64(len(f.diff)), FaultAround: true, Bye: true})
-	r1, err := waitChild(t, c1, o1, e1, 60*time.Second)
+	c1 := startChild(t, childSpec{Socket: f.sock, Snapshot: "base", Size: int64(len(f.base)), Bye: true})
+	c2 := startChild(t, childSpec{Socket: f.sock, Snapshot: "diff", Size: int64(len(f.diff)), FaultAround: true, Bye: true})
+	r1, err := c1.wait(t, 60*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r2, err := waitChild(t, c2, o2, e2, 60*time.Second)
+	r2, err := c2.wait(t, 60*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -458,24 +530,45 @@ func TestFirecrackerHandoff(t *testing.T) {
 	}
 }
 
+// What a malformed handoff carries instead of a uffd, or with it.
+type passFD int
+
+const (
+	noFD   passFD = iota
+	pipeFD        // a descriptor that is not a uffd
+	uffdFD        // a real uffd, with nothing registered
+)
+
 func TestMalformedMessages(t *testing.T) {
 	f := newFixture(t, "")
-	send := func(body string, withFD bool) Reply {
+	send := func(body string, pass passFD) Reply {
 		t.Helper()
 		conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: f.sock, Net: "unix"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		if withFD {
+		switch pass {
+		case pipeFD:
 			r, w, _ := os.Pipe()
 			defer r.Close()
 			defer w.Close()
 			if err := uffd.SendRaw(conn, int(r.Fd()), []byte(body)); err != nil {
 				t.Fatal(err)
 			}
-		} else if _, err := conn.Write([]byte(body)); err != nil {
-			t.Fatal(err)
+		case uffdFD:
+			u, err := uffd.New()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer u.Close()
+			if err := uffd.SendRaw(conn, u.Fd(), []byte(body)); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			if _, err := conn.Write([]byte(body)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		line, err := bufio.NewReader(conn).ReadBytes('\n')
@@ -489,34 +582,32 @@ func TestMalformedMessages(t *testing.T) {
 		if err := json.Unmarshal(line, &rep); err != nil {
 			t.Fatal(err)
 		}
-		// And the server closes the connection.
-		if _, err := conn.Read(make([]byte, 1)); err != io.EOF {
+		// And after an error the server closes the connection.
+		if _, err := conn.Read(make([]byte, 1)); !rep.OK && err != io.EOF {
 			t.Fatalf("connection left open after an error: %v", err)
 		}
 		return rep
 	}
+	const region = `[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]`
 	for _, tc := range []struct {
-		body   string
-		withFD bool
-		want   string
+		body string
+		pass passFD
+		want string
 	}{
-		{`{"snapshot":"base"`, true, "handoff"},
-		{`{"snapshot":"base","regions":[]}`, true, "no regions"},
-		{`{"snapshot":"nope","regions":[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]}`, true, ""},
-		{`{"snapshot":"base","regions":[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":2097152}]}`, true, "page size"},
+		{`{"snapshot":"base"`, uffdFD, "handoff"},
+		{`{"snapshot":"base","regions":[]}`, uffdFD, "no regions"},
+		{`{"snapshot":"nope","regions":` + region + `}`, uffdFD, `snapshot "nope": not found`},
+		{`{"snapshot":"base","regions":[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":2097152}]}`, uffdFD, "page size"},
+		// A pipe is not a uffd.
+		{`{"snapshot":"base","regions":` + region + `}`, pipeFD, "not a userfaultfd"},
 		// Firecracker's form gets no replies, only a closed connection.
-		{`[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]`, true, "closed without reply"},
-		{`{"snapshot":"base"}`, false, "no file descriptor"},
+		{region, uffdFD, "closed without reply"},
+		{`{"snapshot":"base"}`, noFD, "no file descriptor"},
 	} {
-		rep := send(tc.body, tc.withFD)
+		rep := send(tc.body, tc.pass)
 		if rep.OK || !strings.Contains(rep.Error, tc.want) {
 			t.Errorf("%s: reply %+v, want an error containing %q", tc.body, rep, tc.want)
 		}
-	}
-	// A pipe is not a uffd.
-	rep := send(`{"snapshot":"base","regions":[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]}`, true)
-	if rep.OK {
-		t.Error("a pipe was accepted as a uffd")
 	}
 	// The server still serves.
 	res := runChildOK(t, childSpec{Socket: f.sock, Snapshot: "base", Size: int64(len(f.base)), Bye: true})
@@ -549,12 +640,16 @@ func TestClientFailsFastWhenSidecarDies(t *testing.T) {
 	if l, _ := bufio.NewReader(out).ReadString('\n'); l != "READY\n" {
 		t.Fatalf("sidecar: %q", l)
 	}
-	cmd, cout, cerr := startChild(t, childSpec{Socket: sock, Snapshot: "m", Size: int64(len(mem)), SlowTouch: time.Millisecond})
-	time.Sleep(300 * time.Millisecond) // the child is faulting
+	// The child has been served pages when it holds; the sidecar dies.
+	// The child notices while holding, or once released, faulting on a
+	// page nobody will serve: either way it must stop, not hang.
+	c := startChild(t, childSpec{Socket: sock, Snapshot: "m", Size: int64(len(mem)), HoldAfter: 16})
+	c.errb.waitFor(t, "HOLDING", 20*time.Second)
 	side.Process.Signal(syscall.SIGKILL)
 	side.Wait()
 	start := time.Now()
-	_, err = waitChild(t, cmd, cout, cerr, 10*time.Second)
+	c.release(t)
+	_, err = c.wait(t, 10*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "page server lost") {
 		t.Fatalf("child after sidecar death: %v", err)
 	}
@@ -572,7 +667,10 @@ func TestClientFailsFastWhenSidecarDies(t *testing.T) {
 
 func TestRunningSessionLeasesItsSnapshot(t *testing.T) {
 	f := newFixture(t, "")
-	cmd, out, errb := startChild(t, childSpec{Socket: f.sock, Snapshot: "diff", Size: int64(len(f.diff)), SlowTouch: 200 * time.Microsecond, Bye: true})
+	// The child holds after its first pages were served: the session runs.
+	c := startChild(t, childSpec{Socket: f.sock, Snapshot: "diff", Size: int64(len(f.diff)), HoldAfter: 16, Bye: true})
+	c.errb.waitFor(t, "HOLDING", 20*time.Second)
+	// The lease is taken off the fault path; wait for it.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var n int
@@ -585,14 +683,15 @@ func TestRunningSessionLeasesItsSnapshot(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the session took no lease")
+			t.Fatal("waited 10s for the running session to lease its snapshot; no lease in the catalog")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	if _, err := f.store.Remove("diff"); !errors.Is(err, catalog.ErrInUse) {
 		t.Fatalf("removing a snapshot a VM runs on: %v, want ErrInUse", err)
 	}
-	if _, err := waitChild(t, cmd, out, errb, 60*time.Second); err != nil {
+	c.release(t)
+	if _, err := c.wait(t, 60*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	f.endedMetrics(t)

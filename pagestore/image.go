@@ -233,11 +233,11 @@ func (img *Image) Prefetch(off, n int64) {
 	if len(todo) == 0 {
 		return
 	}
-	go func() {
+	img.s.background.Go(func() {
 		for _, c := range todo {
 			_, _ = img.s.Chunk(c.h, c.loc)
 		}
-	}()
+	})
 }
 
 // ZeroChunk reports whether the chunk holding offset off is a zero chunk.

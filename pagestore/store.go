@@ -48,6 +48,8 @@ type Store struct {
 
 	writeMu sync.Mutex  // one write operation at a time
 	pw      *packWriter // active pack; guarded by writeMu
+
+	background sync.WaitGroup // prefetches; Close waits for them
 }
 
 type inflight struct {
@@ -163,6 +165,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 
 // Close releases the store. Pending writes must have finished.
 func (s *Store) Close() error {
+	s.background.Wait() // a prefetch still decoding uses the codecs and packs
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	var err error

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -260,7 +261,7 @@ func TestInProcessFaults(t *testing.T) {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out; served %d/%d pages", len(served), pages)
+			t.Fatalf("waited 20s for the faulting goroutine to read every page; served %d/%d pages", len(served), pages)
 		}
 		if _, err := u.Poll(50 * time.Millisecond); err != nil {
 			t.Fatal(err)
@@ -477,10 +478,11 @@ func TestPollTimeoutAndClose(t *testing.T) {
 	errc := make(chan error, 2)
 	go func() { _, err := u.Poll(-1); errc <- err }()
 	go func() { errc <- u.Serve(context.Background(), func([]Event) error { return nil }) }()
-	time.Sleep(20 * time.Millisecond)
-	if err := u.Close(); err != nil {
-		t.Fatal(err)
-	}
+	waitBlockedInPoll(t, 2, 10*time.Second)
+	// Close waits for the pollers to leave; if it cannot wake them it
+	// blocks, so it runs on its own goroutine.
+	closed := make(chan error, 1)
+	go func() { closed <- u.Close() }()
 	for range 2 {
 		select {
 		case err := <-errc:
@@ -490,6 +492,39 @@ func TestPollTimeoutAndClose(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("Close did not interrupt Poll/Serve")
 		}
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitBlockedInPoll waits until n threads of this process sleep in ppoll(2)
+// without a timeout (as Poll(-1) and an idle Serve do), read from
+// /proc/self/task/*/syscall.
+func waitBlockedInPoll(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		blocked := 0
+		tasks, _ := filepath.Glob("/proc/self/task/*/syscall")
+		for _, p := range tasks {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue // the thread exited
+			}
+			// "nr fds nfds tsp sigmask ...": a NULL tsp waits forever.
+			f := strings.Fields(string(b))
+			if len(f) > 3 && f[0] == strconv.Itoa(unix.SYS_PPOLL) && f[3] == "0x0" {
+				blocked++
+			}
+		}
+		if blocked >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %d threads to block in ppoll(2) with no timeout; %d did", timeout, n, blocked)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -739,7 +774,11 @@ func (s *server) handle(evs []Event) error {
 			continue
 		}
 		s.faults[int(ev.Address-s.base)/ps]++
+		deadline := time.Now().Add(10 * time.Second)
 		for {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("serving fault %v: still EAGAIN after 10s of draining events", ev)
+			}
 			err := s.serve(ev)
 			if !errors.Is(err, ErrAgain) {
 				if err != nil {
@@ -761,7 +800,7 @@ func (s *server) handle(evs []Event) error {
 				}
 			}
 			if n == 0 {
-				time.Sleep(50 * time.Microsecond)
+				time.Sleep(50 * time.Microsecond) // the event is not queued yet
 			}
 		}
 	}

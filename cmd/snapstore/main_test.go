@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -85,6 +86,114 @@ func writeTemp(t *testing.T, name string, data []byte) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// syncBuf collects a running snapstore's stderr; the test reads it while
+// the process writes and can wait for a line.
+type syncBuf struct {
+	mu      sync.Mutex
+	b       bytes.Buffer
+	written chan struct{} // a token after every Write
+}
+
+func newSyncBuf() *syncBuf { return &syncBuf{written: make(chan struct{}, 1)} }
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case s.written <- struct{}{}:
+	default:
+	}
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// daemon is a snapstore process that runs until signalled (serve, mount).
+type daemon struct {
+	cmd    *exec.Cmd
+	stderr *syncBuf
+	exited chan error // Wait's result
+	done   bool       // exited was received
+}
+
+// startDaemon starts snapstore with args. The test's cleanup kills it if
+// it still runs.
+func startDaemon(t *testing.T, store string, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{cmd: exec.Command(bin, append([]string{"--store", store}, args...)...), stderr: newSyncBuf(), exited: make(chan error, 1)}
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exited <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		if d.done {
+			return
+		}
+		// Let it unmount and remove its socket, then insist.
+		d.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.exited:
+		case <-time.After(5 * time.Second):
+			d.cmd.Process.Kill()
+			<-d.exited
+		}
+	})
+	return d
+}
+
+// waitLog waits until the daemon has logged want, failing if it exits
+// first or after timeout.
+func (d *daemon) waitLog(t *testing.T, want string, timeout time.Duration) {
+	t.Helper()
+	tm := time.NewTimer(timeout)
+	defer tm.Stop()
+	for !strings.Contains(d.stderr.String(), want) {
+		select {
+		case <-d.stderr.written:
+		case err := <-d.exited:
+			d.done = true
+			t.Fatalf("snapstore %v exited (%v) before logging %q:\n%s", d.cmd.Args[1:], err, want, d.stderr.String())
+		case <-tm.C:
+			t.Fatalf("waited %s for snapstore %v to log %q:\n%s", timeout, d.cmd.Args[1:], want, d.stderr.String())
+		}
+	}
+}
+
+// logLine waits for a line of the daemon's log containing msg and returns
+// it.
+func (d *daemon) logLine(t *testing.T, msg string, timeout time.Duration) string {
+	t.Helper()
+	d.waitLog(t, msg, timeout)
+	for _, l := range strings.Split(d.stderr.String(), "\n") {
+		if strings.Contains(l, msg) {
+			return l
+		}
+	}
+	panic("unreachable: waitLog saw " + msg)
+}
+
+// stop sends sig and waits for a clean exit.
+func (d *daemon) stop(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := d.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-d.exited:
+		d.done = true
+		if err != nil {
+			t.Fatalf("snapstore %v after %v: %v\n%s", d.cmd.Args[1:], sig, err, d.stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("snapstore %v did not stop within 10s of %v:\n%s", d.cmd.Args[1:], sig, d.stderr.String())
+	}
 }
 
 func TestRoundTripsAndListing(t *testing.T) {
@@ -205,8 +314,8 @@ func TestServeStartsAndStops(t *testing.T) {
 
 	sock := filepath.Join(dir, "s.sock")
 	cmd := exec.Command(bin, "--store", store, "serve", "--socket", sock, "--firecracker", filepath.Join(dir, "fc.sock")+"=m")
-	var se bytes.Buffer
-	cmd.Stderr = &se
+	se := newSyncBuf() // read while serve writes
+	cmd.Stderr = se
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +326,7 @@ func TestServeStartsAndStops(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("serve never listened: %s", se.String())
+			t.Fatalf("waited 10s for serve to listen on %s: %s", sock, se.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -132,25 +132,6 @@ func TestImageRoundTrip(t *testing.T) {
 	mustVerify(t, s)
 }
 
-func TestImageExportToFileIsSparseAndExact(t *testing.T) {
-	s, _ := openTestStore(t)
-	data := make([]byte, 4<<20)
-	copy(data[1<<20:], bytes.Repeat([]byte("snapfaas"), 1000))
-	if _, err := s.ImportImage(context.Background(), "sparse", bytes.NewReader(data), ImportOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "out.img")
-	f, _ := os.Create(p)
-	if _, err := s.ExportImage(context.Background(), "sparse", f, nil); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	got, _ := os.ReadFile(p)
-	if !bytes.Equal(got, data) {
-		t.Fatal("export differs (trailing hole not sized?)")
-	}
-}
-
 func TestImageDedupSecondImportAddsNothing(t *testing.T) {
 	s, dir := openTestStore(t)
 	data := corpus.Generate(7, 8<<20)

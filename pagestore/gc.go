@@ -53,6 +53,9 @@ type packPlan struct {
 	fileSize  int64
 	live      []chunkRef
 	liveBytes int64
+	// deadBytes are the committed bytes no live chunk holds: chunks dead
+	// now and those an earlier gc dropped from the catalog without
+	// rewriting the pack (below the threshold, or it crashed first).
 	deadBytes int64
 }
 
@@ -133,7 +136,6 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 				res.DeadChunks++
 				res.DeadBytes += size
 				res.Dead = append(res.Dead, h)
-				p.deadBytes += size
 			}
 			return nil
 		})
@@ -152,6 +154,7 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 			return nil, fmt.Errorf("gc: pack %d: %w: %w", p.id, err, ErrCorrupt)
 		}
 		p.fileSize = fi.Size()
+		p.deadBytes = p.committed - p.liveBytes
 		switch {
 		case len(p.live) == 0:
 			del = append(del, p)

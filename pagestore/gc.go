@@ -214,6 +214,7 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gc: sweep: %w", err)
 	}
+	crashPoint("gc/swept")
 	for _, h := range res.Dead {
 		s.cache.remove(h)
 	}
@@ -222,18 +223,21 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 		if err := os.Remove(s.packPath(p.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return res, fmt.Errorf("gc: %w", err)
 		}
+		crashPoint("gc/pack-deleted")
 		say("deleted pack %d (%s)", p.id, progress.Bytes(p.fileSize))
 	}
 	for _, name := range res.OrphanFiles {
 		if err := os.Remove(filepath.Join(s.dir, chunksSubdir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return res, fmt.Errorf("gc: %w", err)
 		}
+		crashPoint("gc/orphan-deleted")
 		say("deleted orphan file %s", name)
 	}
 	for _, p := range trunc {
 		if err := os.Truncate(s.packPath(p.id), p.committed); err != nil {
 			return res, fmt.Errorf("gc: pack %d: %w", p.id, err)
 		}
+		crashPoint("gc/pack-truncated")
 		say("truncated pack %d by %s of crash debris", p.id, progress.Bytes(p.fileSize-p.committed))
 	}
 	for _, p := range rewrite {
@@ -247,6 +251,7 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 	}
 	if len(del)+len(res.OrphanFiles) > 0 {
 		_ = syncDir(filepath.Join(s.dir, chunksSubdir))
+		crashPoint("gc/dir-synced")
 	}
 	return res, nil
 }
@@ -279,6 +284,7 @@ func (s *Store) rewritePack(p *packPlan) error {
 		if err != nil {
 			return err
 		}
+		crashPoint("gc/record-copied")
 		loc := c.loc
 		loc.Pack, loc.Offset = pw.id, off
 		moved[c.h] = loc
@@ -286,6 +292,7 @@ func (s *Store) rewritePack(p *packPlan) error {
 	if err := pw.sync(); err != nil {
 		return err
 	}
+	crashPoint("gc/rewrite-synced")
 	err = s.cat.Update(func(tx *catalog.Tx) error {
 		for h, loc := range moved {
 			if err := tx.PutChunk(h, loc); err != nil {
@@ -300,9 +307,11 @@ func (s *Store) rewritePack(p *packPlan) error {
 	if err != nil {
 		return err
 	}
+	crashPoint("gc/rewrite-committed")
 	s.forgetPack(p.id)
 	if err := os.Remove(s.packPath(p.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
+	crashPoint("gc/old-pack-removed")
 	return nil
 }

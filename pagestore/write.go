@@ -25,10 +25,6 @@ var commitEvery int64 = 64 << 20
 // refreshed; each commit refreshes it.
 const leaseTTL = time.Hour
 
-// testHookAfterDataSync, when set by a test, runs after chunk data is
-// durable and before the catalog commit that references it.
-var testHookAfterDataSync func()
-
 // WriteStats counts what an import did.
 type WriteStats struct {
 	InputBytes  int64 // bytes read
@@ -75,6 +71,7 @@ func (s *Store) beginWrite(owner string, codec Codec) (*chunkWriter, error) {
 		s.writeMu.Unlock()
 		return nil, fmt.Errorf("lease: %w", err)
 	}
+	crashPoint("write/lease-committed")
 	return w, nil
 }
 
@@ -162,6 +159,7 @@ func (w *chunkWriter) add(j *job) error {
 	if err != nil {
 		return err
 	}
+	crashPoint("write/record-appended")
 	w.stored[j.h] = catalog.Loc{Pack: pw.id, Offset: off, CLen: uint32(len(j.payload)), ULen: uint32(len(j.data)), Codec: uint8(j.codec)}
 	w.order = append(w.order, j.h)
 	w.stats.NewChunks++
@@ -188,9 +186,7 @@ func (w *chunkWriter) commit(final func(*catalog.Tx) error) error {
 			return err
 		}
 	}
-	if testHookAfterDataSync != nil {
-		testHookAfterDataSync()
-	}
+	crashPoint("write/data-synced")
 	err := w.s.cat.Update(func(tx *catalog.Tx) error {
 		for _, h := range w.order {
 			if err := tx.PutChunk(h, w.stored[h]); err != nil {
@@ -220,6 +216,11 @@ func (w *chunkWriter) commit(final func(*catalog.Tx) error) error {
 	})
 	if err != nil {
 		return err
+	}
+	if final != nil {
+		crashPoint("write/object-committed")
+	} else {
+		crashPoint("write/chunks-committed")
 	}
 	w.order = w.order[:0]
 	w.since = 0

@@ -436,3 +436,26 @@ func TestDiffSnapshotWithChangedPages(t *testing.T) {
 	}
 	mustVerify(t, s)
 }
+
+// A chunk that recurs after the import committed it is referenced, not
+// stored again, although the workers looked it up before that commit.
+func TestImportStoresRecurringChunkOnce(t *testing.T) {
+	defer func(n int64) { commitEvery = n }(commitEvery)
+	commitEvery = 1 // commit after every new chunk
+	s, dir := openTestStore(t)
+	a, b := corpus.Generate(71, DefaultImageChunk), corpus.Generate(72, DefaultImageChunk)
+	var data []byte
+	for range 32 {
+		data = append(append(data, a...), b...)
+	}
+	res, err := s.ImportImage(context.Background(), "ab", bytes.NewReader(data), ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Stats.NewChunks != 2 || res.Stats.DedupChunks != 62 {
+		t.Fatalf("stored %d chunks and deduplicated %d, want 2 and 62", res.Stats.NewChunks, res.Stats.DedupChunks)
+	}
+	if n := packBytes(t, dir); n != res.Stats.NewBytes {
+		t.Fatalf("packs hold %d bytes, the two chunks %d", n, res.Stats.NewBytes)
+	}
+}

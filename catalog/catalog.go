@@ -26,6 +26,10 @@ var (
 // SchemaVersion is the schema this code reads and writes.
 const SchemaVersion = 1
 
+// schemaVersion is the version Open migrates to: SchemaVersion, a variable
+// so that a test can play a program one schema ahead and run a migration.
+var schemaVersion uint32 = SchemaVersion
+
 // migrations[v] upgrades a catalog from schema v to v+1.
 var migrations = map[uint32]func(*bolt.Tx) error{}
 
@@ -131,14 +135,14 @@ func (db *DB) init() error {
 		return err
 	}
 	switch {
-	case version == SchemaVersion:
+	case version == schemaVersion:
 		return nil
-	case version > SchemaVersion:
-		return fmt.Errorf("schema version %d is newer than this program's %d: %w", version, SchemaVersion, ErrSchema)
+	case version > schemaVersion:
+		return fmt.Errorf("schema version %d is newer than this program's %d: %w", version, schemaVersion, ErrSchema)
 	case db.readOnly && version == 0:
 		return fmt.Errorf("not initialized: %w", ErrNotFound)
 	case db.readOnly:
-		return fmt.Errorf("schema version %d needs migration to %d; run any write command first: %w", version, SchemaVersion, ErrSchema)
+		return fmt.Errorf("schema version %d needs migration to %d; run any write command first: %w", version, schemaVersion, ErrSchema)
 	}
 	return db.bolt.Update(func(tx *bolt.Tx) error {
 		if version == 0 {
@@ -150,9 +154,9 @@ func (db *DB) init() error {
 			if err := tx.Bucket(bktMeta).Put(keyCreated, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
 				return err
 			}
-			version = SchemaVersion
+			version = schemaVersion
 		}
-		for ; version < SchemaVersion; version++ {
+		for ; version < schemaVersion; version++ {
 			m, ok := migrations[version]
 			if !ok {
 				return fmt.Errorf("no migration from schema %d: %w", version, ErrSchema)

@@ -1,8 +1,10 @@
 package catalog
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
+	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -149,9 +151,34 @@ func TestLeaseLiveness(t *testing.T) {
 	}
 }
 
+// storedVersion reads the schema version a catalog file records, without
+// letting Open migrate it.
+func storedVersion(t *testing.T, p string) uint32 {
+	t.Helper()
+	b, err := bolt.Open(p, 0o644, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var v []byte
+	_ = b.View(func(tx *bolt.Tx) error {
+		if m := tx.Bucket(bktMeta); m != nil {
+			v = bytes.Clone(m.Get(keyVersion))
+		}
+		return nil
+	})
+	if len(v) != 4 {
+		t.Fatalf("%s: schema version %x", p, v)
+	}
+	return binary.BigEndian.Uint32(v)
+}
+
 func TestSchemaVersions(t *testing.T) {
 	db, p := openTest(t)
 	db.Close()
+	if v := storedVersion(t, p); v != SchemaVersion {
+		t.Fatalf("new catalog records schema %d, want %d", v, SchemaVersion)
+	}
 	// A newer schema is refused, not misread.
 	b, err := bolt.Open(p, 0o644, nil)
 	if err != nil {
@@ -164,22 +191,84 @@ func TestSchemaVersions(t *testing.T) {
 	if _, err := Open(p, Options{}); !errors.Is(err, ErrSchema) {
 		t.Fatalf("newer schema: %v", err)
 	}
-	// An older schema is migrated by a writable open.
+	// Version 0 is a catalog never initialized: a reader finds nothing.
 	b, _ = bolt.Open(p, 0o644, nil)
 	_ = b.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bktMeta).Put(keyVersion, binary.BigEndian.AppendUint32(nil, 0))
 	})
 	b.Close()
-	migrations[0] = func(*bolt.Tx) error { return nil }
-	defer delete(migrations, 0)
-	if _, err := Open(p, Options{ReadOnly: true}); !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrSchema) {
-		t.Fatalf("read-only open of an old schema: %v", err)
+	if _, err := Open(p, Options{ReadOnly: true}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("read-only open of an uninitialized catalog: %v", err)
 	}
-	db, err = Open(p, Options{})
+}
+
+// testdata/catalog-v1.db was written by schema 1 (an image, a snapshot, a
+// function, a chunk and its pack). Opening it must run every migration
+// from 1 to the current schema once and record the new version. Until a
+// schema 2 exists the test plays a program one schema ahead, with a
+// migration that leaves a mark.
+func TestSchemaMigration(t *testing.T) {
+	raw, err := os.ReadFile("testdata/catalog-v1.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "catalog.db")
+	if err := os.WriteFile(p, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if v := storedVersion(t, p); v != 1 {
+		t.Fatalf("fixture records schema %d, want 1", v)
+	}
+	ran := 0
+	if SchemaVersion == 1 {
+		schemaVersion = 2
+		migrations[1] = func(tx *bolt.Tx) error {
+			ran++
+			return tx.Bucket(bktMeta).Put([]byte("migrated"), []byte("1->2"))
+		}
+		defer func() { schemaVersion = SchemaVersion; delete(migrations, 1) }()
+	}
+	if _, err := Open(p, Options{ReadOnly: true}); !errors.Is(err, ErrSchema) {
+		t.Fatalf("read-only open of an old schema: %v, want ErrSchema", err)
+	}
+	if v := storedVersion(t, p); v != 1 {
+		t.Fatalf("a read-only open changed the schema to %d", v)
+	}
+	db, err := Open(p, Options{})
 	if err != nil {
 		t.Fatalf("migrating open: %v", err)
 	}
+	err = db.View(func(tx *Tx) error {
+		if _, err := tx.Image("rootfs"); err != nil {
+			return err
+		}
+		if _, err := tx.Chain("base"); err != nil {
+			return err
+		}
+		if !tx.HasChunk(h(1)) {
+			return errors.New("chunk lost")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("after migration: %v", err)
+	}
 	db.Close()
+	if v := storedVersion(t, p); v != schemaVersion {
+		t.Fatalf("after migration the catalog records schema %d, want %d", v, schemaVersion)
+	}
+	if SchemaVersion == 1 && ran != 1 {
+		t.Fatalf("migration 1->2 ran %d times, want 1", ran)
+	}
+	// Migrated once: opening again runs nothing.
+	db, err = Open(p, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if SchemaVersion == 1 && ran != 1 {
+		t.Fatalf("migration ran again on a migrated catalog (%d runs)", ran)
+	}
 }
 
 func TestValidName(t *testing.T) {

@@ -38,6 +38,9 @@
 // pack file the catalog never knew; both are invisible to readers, reported
 // by Verify and reclaimed by GC. Large imports commit every 64 MiB under
 // their lease so GC cannot take their chunks before the object lands.
+// Every step that writes a file or commits the catalog, in imports and
+// GC, is a named crash point (crashpoint.go); crash_test.go kills a child
+// process at each, with and without dropping what was not fsynced.
 //
 // # Reading
 //

@@ -53,6 +53,9 @@ type packPlan struct {
 	fileSize  int64
 	live      []chunkRef
 	liveBytes int64
+	// deadBytes are the committed bytes no live chunk holds: chunks dead
+	// now and those an earlier gc dropped from the catalog without
+	// rewriting the pack (below the threshold, or it crashed first).
 	deadBytes int64
 }
 
@@ -133,7 +136,6 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 				res.DeadChunks++
 				res.DeadBytes += size
 				res.Dead = append(res.Dead, h)
-				p.deadBytes += size
 			}
 			return nil
 		})
@@ -152,6 +154,7 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 			return nil, fmt.Errorf("gc: pack %d: %w: %w", p.id, err, ErrCorrupt)
 		}
 		p.fileSize = fi.Size()
+		p.deadBytes = p.committed - p.liveBytes
 		switch {
 		case len(p.live) == 0:
 			del = append(del, p)
@@ -211,6 +214,7 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gc: sweep: %w", err)
 	}
+	crashPoint("gc/swept")
 	for _, h := range res.Dead {
 		s.cache.remove(h)
 	}
@@ -219,18 +223,21 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 		if err := os.Remove(s.packPath(p.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return res, fmt.Errorf("gc: %w", err)
 		}
+		crashPoint("gc/pack-deleted")
 		say("deleted pack %d (%s)", p.id, progress.Bytes(p.fileSize))
 	}
 	for _, name := range res.OrphanFiles {
 		if err := os.Remove(filepath.Join(s.dir, chunksSubdir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return res, fmt.Errorf("gc: %w", err)
 		}
+		crashPoint("gc/orphan-deleted")
 		say("deleted orphan file %s", name)
 	}
 	for _, p := range trunc {
 		if err := os.Truncate(s.packPath(p.id), p.committed); err != nil {
 			return res, fmt.Errorf("gc: pack %d: %w", p.id, err)
 		}
+		crashPoint("gc/pack-truncated")
 		say("truncated pack %d by %s of crash debris", p.id, progress.Bytes(p.fileSize-p.committed))
 	}
 	for _, p := range rewrite {
@@ -244,6 +251,7 @@ func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 	}
 	if len(del)+len(res.OrphanFiles) > 0 {
 		_ = syncDir(filepath.Join(s.dir, chunksSubdir))
+		crashPoint("gc/dir-synced")
 	}
 	return res, nil
 }
@@ -276,6 +284,7 @@ func (s *Store) rewritePack(p *packPlan) error {
 		if err != nil {
 			return err
 		}
+		crashPoint("gc/record-copied")
 		loc := c.loc
 		loc.Pack, loc.Offset = pw.id, off
 		moved[c.h] = loc
@@ -283,6 +292,7 @@ func (s *Store) rewritePack(p *packPlan) error {
 	if err := pw.sync(); err != nil {
 		return err
 	}
+	crashPoint("gc/rewrite-synced")
 	err = s.cat.Update(func(tx *catalog.Tx) error {
 		for h, loc := range moved {
 			if err := tx.PutChunk(h, loc); err != nil {
@@ -297,9 +307,11 @@ func (s *Store) rewritePack(p *packPlan) error {
 	if err != nil {
 		return err
 	}
+	crashPoint("gc/rewrite-committed")
 	s.forgetPack(p.id)
 	if err := os.Remove(s.packPath(p.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
+	crashPoint("gc/old-pack-removed")
 	return nil
 }

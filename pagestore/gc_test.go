@@ -1,16 +1,12 @@
 package pagestore
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
-	"strings"
 	"testing"
 	"time"
 
@@ -186,128 +182,5 @@ func TestVerifyCatchesFlippedByte(t *testing.T) {
 	_, err = s.ExportMemory(context.Background(), "m", &out, nil)
 	if !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("export of corrupt store: %v, want ErrCorrupt", err)
-	}
-}
-
-// The crash tests run an import in a child process (this test binary) that
-// stops at the hook between data fsync and catalog commit, and kill -9 it
-// there.
-
-const crashEnv = "PAGESTORE_CRASH_CHILD"
-
-func TestCrashChild(t *testing.T) {
-	spec := os.Getenv(crashEnv)
-	if spec == "" {
-		t.Skip("helper for the crash tests")
-	}
-	dir, at, _ := strings.Cut(spec, ":")
-	var stopAt int
-	fmt.Sscan(at, &stopAt)
-	commitEvery = 256 << 10
-	calls := 0
-	testHookAfterDataSync = func() {
-		if calls++; calls == stopAt {
-			fmt.Println("SYNCED")
-			time.Sleep(time.Hour)
-		}
-	}
-	s, err := Open(dir, Create())
-	if err != nil {
-		fmt.Println("ERR", err)
-		os.Exit(1)
-	}
-	mem := corpus.Generate(41, 8<<20)
-	_, err = s.ImportMemory(context.Background(), "crashed", bytes.NewReader(mem), int64(len(mem)), MemoryOptions{ImportOptions: ImportOptions{ChunkSize: 4096}})
-	fmt.Println("DONE", err)
-	os.Exit(0)
-}
-
-func crashImport(t *testing.T, dir string, stopAt int) {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s:%d", crashEnv, dir, stopAt))
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	got := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if l := sc.Text(); l == "SYNCED" || strings.HasPrefix(l, "DONE") || strings.HasPrefix(l, "ERR") {
-				got <- l
-				return
-			}
-		}
-		got <- "EOF"
-	}()
-	select {
-	case l := <-got:
-		if l != "SYNCED" {
-			t.Fatalf("child: %s", l)
-		}
-	case <-time.After(60 * time.Second):
-		cmd.Process.Kill()
-		t.Fatal("child never reached the crash point")
-	}
-	cmd.Process.Signal(os.Kill)
-	cmd.Wait()
-}
-
-func TestCrashBetweenDataAndCommit(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		stopAt int // 1: before the first commit; 3: after two intermediate commits
-	}{{"first-commit", 1}, {"after-intermediate-commits", 3}} {
-		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			// Something committed before the crash must survive it.
-			s, err := Open(dir, Create())
-			if err != nil {
-				t.Fatal(err)
-			}
-			keep := corpus.Generate(42, 1<<20)
-			importMem(t, s, "keep", keep, MemoryOptions{})
-			s.Close()
-
-			crashImport(t, dir, tc.stopAt)
-
-			s, err = Open(dir)
-			if err != nil {
-				t.Fatalf("open after crash: %v", err)
-			}
-			defer s.Close()
-			v := mustVerify(t, s)
-			t.Logf("after crash: orphan bytes %d, orphan files %v, unreferenced chunks %d", v.OrphanBytes, v.OrphanFiles, v.Unreferenced)
-			if v.OrphanBytes == 0 && len(v.OrphanFiles) == 0 {
-				t.Fatal("the crashed import left no debris; did the crash happen?")
-			}
-			if tc.stopAt > 1 && v.Unreferenced == 0 {
-				t.Fatal("chunks committed under the dead import's lease should be unreferenced")
-			}
-			if _, err := s.Inspect("crashed"); !errors.Is(err, catalog.ErrNotFound) {
-				t.Fatalf("crashed import is visible: %v", err)
-			}
-			res, err := s.GC(context.Background(), GCOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if res.ReclaimedBytes == 0 {
-				t.Fatalf("gc reclaimed nothing: %+v", res)
-			}
-			v = mustVerify(t, s)
-			if v.OrphanBytes != 0 || len(v.OrphanFiles) != 0 || v.Unreferenced != 0 {
-				t.Fatalf("after gc: %+v", v)
-			}
-			if got := exportMem(t, s, "keep"); !bytes.Equal(got, keep) {
-				t.Fatal("committed snapshot damaged by the crash")
-			}
-			// The store takes new writes.
-			importMem(t, s, "again", corpus.Generate(41, 8<<20), MemoryOptions{})
-			mustVerify(t, s)
-		})
 	}
 }

@@ -129,10 +129,12 @@ func openPackWriter(dir string, id uint32, truncateTo int64) (*packWriter, error
 		f.Close()
 		return nil, fmt.Errorf("pack %d: %w", id, err)
 	}
+	crashPoint("pack/opened")
 	if err := syncDir(filepath.Join(dir, chunksSubdir)); err != nil {
 		f.Close()
 		return nil, err
 	}
+	crashPoint("pack/dir-synced")
 	if _, err := f.Seek(truncateTo, 0); err != nil {
 		f.Close()
 		return nil, err
@@ -155,7 +157,7 @@ func (w *packWriter) sync() error {
 	if err := w.bw.Flush(); err != nil {
 		return fmt.Errorf("pack %d: %w", w.id, err)
 	}
-	if err := w.f.Sync(); err != nil {
+	if err := syncFile(w.f); err != nil {
 		return fmt.Errorf("pack %d: fsync: %w", w.id, err)
 	}
 	return nil
@@ -175,7 +177,7 @@ func syncDir(dir string) error {
 		return err
 	}
 	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := syncFile(d); err != nil {
 		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil

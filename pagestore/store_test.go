@@ -132,25 +132,6 @@ func TestImageRoundTrip(t *testing.T) {
 	mustVerify(t, s)
 }
 
-func TestImageExportToFileIsSparseAndExact(t *testing.T) {
-	s, _ := openTestStore(t)
-	data := make([]byte, 4<<20)
-	copy(data[1<<20:], bytes.Repeat([]byte("snapfaas"), 1000))
-	if _, err := s.ImportImage(context.Background(), "sparse", bytes.NewReader(data), ImportOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "out.img")
-	f, _ := os.Create(p)
-	if _, err := s.ExportImage(context.Background(), "sparse", f, nil); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	got, _ := os.ReadFile(p)
-	if !bytes.Equal(got, data) {
-		t.Fatal("export differs (trailing hole not sized?)")
-	}
-}
-
 func TestImageDedupSecondImportAddsNothing(t *testing.T) {
 	s, dir := openTestStore(t)
 	data := corpus.Generate(7, 8<<20)
@@ -454,4 +435,27 @@ func TestDiffSnapshotWithChangedPages(t *testing.T) {
 		t.Fatalf("changed without parent: %v", err)
 	}
 	mustVerify(t, s)
+}
+
+// A chunk that recurs after the import committed it is referenced, not
+// stored again, although the workers looked it up before that commit.
+func TestImportStoresRecurringChunkOnce(t *testing.T) {
+	defer func(n int64) { commitEvery = n }(commitEvery)
+	commitEvery = 1 // commit after every new chunk
+	s, dir := openTestStore(t)
+	a, b := corpus.Generate(71, DefaultImageChunk), corpus.Generate(72, DefaultImageChunk)
+	var data []byte
+	for range 32 {
+		data = append(append(data, a...), b...)
+	}
+	res, err := s.ImportImage(context.Background(), "ab", bytes.NewReader(data), ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Stats.NewChunks != 2 || res.Stats.DedupChunks != 62 {
+		t.Fatalf("stored %d chunks and deduplicated %d, want 2 and 62", res.Stats.NewChunks, res.Stats.DedupChunks)
+	}
+	if n := packBytes(t, dir); n != res.Stats.NewBytes {
+		t.Fatalf("packs hold %d bytes, the two chunks %d", n, res.Stats.NewBytes)
+	}
 }

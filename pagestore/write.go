@@ -25,10 +25,6 @@ var commitEvery int64 = 64 << 20
 // refreshed; each commit refreshes it.
 const leaseTTL = time.Hour
 
-// testHookAfterDataSync, when set by a test, runs after chunk data is
-// durable and before the catalog commit that references it.
-var testHookAfterDataSync func()
-
 // WriteStats counts what an import did.
 type WriteStats struct {
 	InputBytes  int64 // bytes read
@@ -45,14 +41,18 @@ type WriteStats struct {
 // chunkWriter stores the new chunks of one write operation. It holds
 // Store.writeMu from begin to end.
 type chunkWriter struct {
-	s       *Store
-	codec   Codec
-	lease   string
-	pending map[catalog.Hash]catalog.Loc
-	order   []catalog.Hash
-	since   int64
-	stats   WriteStats
-	rec     []byte
+	s     *Store
+	codec Codec
+	lease string
+	// stored locates every chunk this write stored, committed or not;
+	// order lists those not committed yet. A chunk that recurs after its
+	// commit is not stored again: the workers may have looked it up in
+	// the catalog before the commit.
+	stored map[catalog.Hash]catalog.Loc
+	order  []catalog.Hash
+	since  int64
+	stats  WriteStats
+	rec    []byte
 }
 
 func (s *Store) beginWrite(owner string, codec Codec) (*chunkWriter, error) {
@@ -62,7 +62,7 @@ func (s *Store) beginWrite(owner string, codec Codec) (*chunkWriter, error) {
 	s.writeMu.Lock()
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	w := &chunkWriter{s: s, codec: codec, lease: "import-" + hex.EncodeToString(b[:]), pending: map[catalog.Hash]catalog.Loc{}}
+	w := &chunkWriter{s: s, codec: codec, lease: "import-" + hex.EncodeToString(b[:]), stored: map[catalog.Hash]catalog.Loc{}}
 	now := time.Now().UTC()
 	err := s.cat.Update(func(tx *catalog.Tx) error {
 		return tx.PutLease(catalog.LeaseInfo{ID: w.lease, Owner: owner, PID: os.Getpid(), Created: now, Expires: now.Add(leaseTTL)})
@@ -71,6 +71,7 @@ func (s *Store) beginWrite(owner string, codec Codec) (*chunkWriter, error) {
 		s.writeMu.Unlock()
 		return nil, fmt.Errorf("lease: %w", err)
 	}
+	crashPoint("write/lease-committed")
 	return w, nil
 }
 
@@ -138,14 +139,14 @@ func (s *Store) newPack() (*packWriter, error) {
 	return pw, nil
 }
 
-// add stores j's chunk unless it is already stored or pending.
+// add stores j's chunk unless the store or this write has it already.
 func (w *chunkWriter) add(j *job) error {
 	w.stats.Chunks++
 	if j.exists {
 		w.stats.DedupChunks++
 		return nil
 	}
-	if _, ok := w.pending[j.h]; ok {
+	if _, ok := w.stored[j.h]; ok {
 		w.stats.DedupChunks++
 		return nil
 	}
@@ -158,7 +159,8 @@ func (w *chunkWriter) add(j *job) error {
 	if err != nil {
 		return err
 	}
-	w.pending[j.h] = catalog.Loc{Pack: pw.id, Offset: off, CLen: uint32(len(j.payload)), ULen: uint32(len(j.data)), Codec: uint8(j.codec)}
+	crashPoint("write/record-appended")
+	w.stored[j.h] = catalog.Loc{Pack: pw.id, Offset: off, CLen: uint32(len(j.payload)), ULen: uint32(len(j.data)), Codec: uint8(j.codec)}
 	w.order = append(w.order, j.h)
 	w.stats.NewChunks++
 	w.stats.NewBytes += int64(len(w.rec))
@@ -184,12 +186,10 @@ func (w *chunkWriter) commit(final func(*catalog.Tx) error) error {
 			return err
 		}
 	}
-	if testHookAfterDataSync != nil {
-		testHookAfterDataSync()
-	}
+	crashPoint("write/data-synced")
 	err := w.s.cat.Update(func(tx *catalog.Tx) error {
 		for _, h := range w.order {
-			if err := tx.PutChunk(h, w.pending[h]); err != nil {
+			if err := tx.PutChunk(h, w.stored[h]); err != nil {
 				return err
 			}
 		}
@@ -217,7 +217,11 @@ func (w *chunkWriter) commit(final func(*catalog.Tx) error) error {
 	if err != nil {
 		return err
 	}
-	clear(w.pending)
+	if final != nil {
+		crashPoint("write/object-committed")
+	} else {
+		crashPoint("write/chunks-committed")
+	}
 	w.order = w.order[:0]
 	w.since = 0
 	return nil

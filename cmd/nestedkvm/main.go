@@ -3,12 +3,12 @@
 // internal/nestedkvm for the design. scripts/nested-kvm.sh builds and runs
 // it:
 //
-//	scripts/nested-kvm.sh [--mem MiB] [--cpus N] [--timeout S] [--name TAG] -- COMMAND...
+//	scripts/nested-kvm.sh [--mem MiB] [--cpus N] [--timeout S] [--cpu MODEL] [--name TAG] -- COMMAND...
 //
 // It exits with COMMAND's status, or with 121 (missing qemu or busybox),
 // 122 (L1 kernel), 123 (kvm_amd refused), 124 (timeout), 125 (L1 failed),
-// 128+N (signal N), 2 (usage), each after one line on stderr. The stage
-// times go to stderr too.
+// 128+N (signal N), 2 (usage), each after one line on stderr. When COMMAND
+// ran to its end, a line with the stage times follows its output on stderr.
 package main
 
 import (
@@ -37,10 +37,11 @@ func run() int {
 	fl := flag.NewFlagSet("nested-kvm", flag.ContinueOnError)
 	mem := fl.Int("mem", 2048, "L1 memory in MiB")
 	cpus := fl.Int("cpus", 2, "L1 vCPUs")
+	cpu := fl.String("cpu", "EPYC", "QEMU's -cpu model for L1 (it needs svm for kvm_amd)")
 	timeout := fl.Int("timeout", 0, "stop L1 after this many seconds (0: never)")
 	name := fl.String("name", fmt.Sprintf("nested-kvm-%d", os.Getpid()), "QEMU's -name (to find its process)")
 	fl.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: nested-kvm.sh [--mem MiB] [--cpus N] [--timeout S] [--name TAG] -- COMMAND...")
+		fmt.Fprintln(os.Stderr, "usage: nested-kvm.sh [--mem MiB] [--cpus N] [--timeout S] [--cpu MODEL] [--name TAG] -- COMMAND...")
 		fl.PrintDefaults()
 	}
 	if err := fl.Parse(os.Args[1:]); err != nil {
@@ -103,11 +104,10 @@ func run() int {
 
 	res, err := nestedkvm.Run(ctx, nestedkvm.Config{
 		QEMU: tools.QEMU, Kernel: kernel.Vmlinuz(), Initrd: initrd,
-		MemMiB: *mem, CPUs: *cpus, Timeout: time.Duration(*timeout) * time.Second,
+		MemMiB: *mem, CPUs: *cpus, CPU: *cpu, Timeout: time.Duration(*timeout) * time.Second,
 		Name: *name, Checkout: checkout, Workdir: wd, Path: path,
 		Command: fl.Args(), Stdout: os.Stdout, Stderr: os.Stderr,
 	})
-	logf("kernel %s: %s", kernel.Version, res.Times)
 	if err != nil {
 		if errors.Is(err, nestedkvm.ErrInterrupted) {
 			logf("%v", err)
@@ -115,5 +115,6 @@ func run() int {
 		}
 		return fail(err)
 	}
+	logf("kernel %s: %s", kernel.Version, res.Times)
 	return res.Status
 }

@@ -24,8 +24,8 @@ mark init
 load() {
 	while read -r ko; do
 		if ! out=$(insmod "/modules/$ko" 2>&1); then
-			why=$(dmesg | grep -v @@nestedkvm | tail -n 2 | sed 's/^\[[^]]*\] *//' | tr '\n' ' ')
-			fail $2 "insmod $ko: $(echo "$out" | tail -n 1); kernel: $why"
+			why=$(dmesg | grep -v @@nestedkvm | tail -n 2 | awk '{ sub(/^\[[^]]*\] */, ""); printf "%s%s", s, $0; s = "; " }')
+			fail $2 "$(echo "$out" | tail -n 1); kernel: $why"
 		fi
 	done <"/modules/$1.list"
 }

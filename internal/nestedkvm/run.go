@@ -21,6 +21,7 @@ type Config struct {
 	QEMU           string
 	Kernel, Initrd string
 	MemMiB, CPUs   int
+	CPU            string        // QEMU's -cpu; EPYC is fastest, and has svm
 	Timeout        time.Duration // 0: none
 	Name           string        // QEMU's -name, to find its process
 	Checkout       string        // shared writable at the same path
@@ -175,7 +176,7 @@ func qemuArgs(c Config, rundir string) []string {
 	return []string{
 		"-name", c.Name,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-accel", "tcg,thread=multi", "-M", "q35", "-cpu", "EPYC",
+		"-accel", "tcg,thread=multi", "-M", "q35", "-cpu", c.CPU,
 		"-m", strconv.Itoa(c.MemMiB), "-smp", strconv.Itoa(c.CPUs),
 		"-kernel", c.Kernel, "-initrd", c.Initrd,
 		"-append", "console=ttyS0 loglevel=4 printk.devkmsg=on mitigations=off panic=-1 rdinit=/init",

@@ -18,8 +18,8 @@ var initScript []byte
 
 // EnsureInitrd returns the initramfs for k: /init (init.sh), /bin/busybox,
 // /modules/*.ko and /modules/LIST.list (file names in load order). It is
-// cached in k.Dir under a key that hashes all of these, and written
-// uncompressed (the kernel unpacks it with no decompression under TCG).
+// cached in k.Dir under a key that hashes all of these (building a new one
+// removes the others), and written uncompressed: no decompression under TCG.
 func EnsureInitrd(k Kernel, busybox string) (string, error) {
 	lists, err := k.loadOrder()
 	if err != nil {
@@ -69,6 +69,13 @@ func EnsureInitrd(k Kernel, busybox string) (string, error) {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return "", fmt.Errorf("%w: %v", ErrKernel, err)
+	}
+	// Older builds are of no use; a QEMU still booting one has read it.
+	old, _ := filepath.Glob(filepath.Join(k.Dir, "initrd-*.cpio"))
+	for _, o := range old {
+		if o != path {
+			os.Remove(o)
+		}
 	}
 	return path, nil
 }

@@ -3,9 +3,9 @@
 # (kvm_amd on QEMU TCG's emulated SVM), for testing the VMM against
 # hardware-style KVM on machines whose own /dev/kvm is PVM:
 #   scripts/nested-kvm.sh [--mem MiB] [--cpus N] [--timeout S] [--name TAG] -- COMMAND...
-# The host root is visible read-only, the cwd's git checkout and a scratch
-# TMPDIR writable at the same paths; COMMAND runs in the cwd and its exit
-# status is ours. Design and exit codes: internal/nestedkvm, cmd/nestedkvm.
+# The host root is visible read-only, the cwd's git checkout writable at the
+# same path, /tmp and /root writable in L1's memory; COMMAND runs in the cwd
+# and its exit status is ours. Design and exit codes: internal/nestedkvm, cmd/nestedkvm.
 # This wrapper builds cmd/nestedkvm into the cache and execs it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

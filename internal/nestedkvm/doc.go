@@ -20,13 +20,15 @@
 //	/                  host root, 9p tag "root", read-only, cache=loose
 //	/proc /sys /dev    proc, sysfs, devtmpfs (kvm, fuse, net/tun, userfaultfd), devpts, /dev/shm tmpfs
 //	/run               tmpfs
-//	/tmp /root         overlay: the host's files, writes kept in L1 memory
+//	/tmp /root         overlay: the host's files, writes kept in L1 memory (tmpfs)
 //	CHECKOUT           9p tag "checkout", writable: the git toplevel of the cwd (or the cwd)
-//	RUNDIR             9p tag "run", writable: a fresh host directory under $TMPDIR;
-//	                   RUNDIR/job.sh is the job, RUNDIR/tmp is COMMAND's TMPDIR
 //
 // COMMAND runs chrooted there, in the host's cwd, with PATH from the host,
-// HOME=/root and stdin from /dev/null.
+// HOME=/root, TMPDIR=/tmp and stdin from /dev/null. TMPDIR is not on 9p:
+// a Unix socket cannot be bound there (bind fails with ENXIO), and tests
+// put sockets in their temporary directories. What L1 should hand back
+// goes into the checkout. The job (paths and COMMAND, job.sh) comes on a
+// third share, tag "run", a fresh host directory removed after the run.
 //
 // # Channels
 //

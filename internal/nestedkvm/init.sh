@@ -36,7 +36,7 @@ mark modules
 
 ninep() { mount -t 9p -o "trans=virtio,version=9p2000.L,cache=loose,msize=262144$3" "$1" "$2"; }
 ninep run /job || fail mounts "mount the run share"
-. /job/job.sh # RUNDIR CHECKOUT WORKDIR CMD_PATH CMD_TMPDIR; set -- COMMAND
+. /job/job.sh # CHECKOUT WORKDIR CMD_PATH; set -- COMMAND
 umount /job
 
 R=/newroot
@@ -56,7 +56,6 @@ for d in tmp root; do
 		mount -t tmpfs tmpfs $R/$d
 done
 ninep checkout "$R$CHECKOUT" || fail mounts "mount the checkout at $CHECKOUT"
-ninep run "$R$RUNDIR" || fail mounts "mount the run share at $RUNDIR"
 
 # COMMAND's stdout and stderr: the virtio-serial ports named so by the host.
 # The ports appear asynchronously after virtio_console loads.
@@ -74,7 +73,7 @@ done
 mark mounted
 
 mark run
-/bin/busybox env -i PATH="$CMD_PATH" HOME=/root TMPDIR="$CMD_TMPDIR" USER=root LOGNAME=root TERM=dumb \
+/bin/busybox env -i PATH="$CMD_PATH" HOME=/root TMPDIR=/tmp USER=root LOGNAME=root TERM=dumb \
 	/bin/busybox chroot $R /bin/sh -c 'cd "$1" || exit 126; shift; exec "$@"' nested-kvm "$WORKDIR" "$@" \
 	</dev/null >"$(port stdout)" 2>"$(port stderr)"
 mark "exit $?"

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -106,6 +107,7 @@ echo devices ok
 echo "cwd $(pwd)"
 echo from-l1 >../probe
 touch "$TMPDIR/x" && echo "tmpdir $TMPDIR"
+touch /root/x && echo "home writable"
 echo first; sleep 4; echo second
 echo to-stderr >&2
 exit 7`
@@ -128,7 +130,7 @@ exit 7`
 	if code := cmd.ProcessState.ExitCode(); code != 7 {
 		t.Fatalf("exit status %d (%v), want COMMAND's 7", code, err)
 	}
-	for _, want := range []string{"KVM_GET_API_VERSION 12", "/sys/module/kvm_amd present", "devices ok", "cwd " + sub, "tmpdir /tmp/nested-kvm-"} {
+	for _, want := range []string{"KVM_GET_API_VERSION 12", "/sys/module/kvm_amd present", "devices ok", "cwd " + sub, "tmpdir /tmp\n", "unix socket in TMPDIR", "home writable"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("stdout lacks %q", want)
 		}
@@ -183,6 +185,12 @@ func TestL1Helper(t *testing.T) {
 		t.Fatal("kvm_pvm loaded: this is the PVM host, not L1")
 	}
 	fmt.Println("/sys/module/kvm_amd present")
+	l, err := net.Listen("unix", filepath.Join(os.TempDir(), "l1.sock")) // the VMM's tests need this
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	fmt.Println("unix socket in TMPDIR")
 }
 
 // stopped runs the script with args until ready(stdout so far) is true,

@@ -19,15 +19,15 @@ func TestJobScriptQuotes(t *testing.T) {
 		Command: []string{"sh", "-c", `echo "$HOME" 'q' \ $(x)`, "", "new\nline", "*"},
 	}
 	job := filepath.Join(t.TempDir(), "job.sh")
-	if err := os.WriteFile(job, jobScript(c, "/tmp/run dir"), 0o644); err != nil {
+	if err := os.WriteFile(job, jobScript(c), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("sh", "-c", `. "$0"; printf '%s\0' "$RUNDIR" "$CHECKOUT" "$WORKDIR" "$CMD_PATH" "$CMD_TMPDIR" "$@"`, job).Output()
+	out, err := exec.Command("sh", "-c", `. "$0"; printf '%s\0' "$CHECKOUT" "$WORKDIR" "$CMD_PATH" "$@"`, job).Output()
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00")
-	want := append([]string{"/tmp/run dir", c.Checkout, c.Workdir, c.Path, "/tmp/run dir/tmp"}, c.Command...)
+	want := append([]string{c.Checkout, c.Workdir, c.Path}, c.Command...)
 	if !slices.Equal(got, want) {
 		t.Fatalf("job.sh gives\n%q\nwant\n%q", got, want)
 	}

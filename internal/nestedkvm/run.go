@@ -71,10 +71,7 @@ func Run(ctx context.Context, c Config) (res Result, err error) {
 		return res, err
 	}
 	defer os.RemoveAll(rundir)
-	if err := os.Mkdir(filepath.Join(rundir, "tmp"), 0o777); err != nil {
-		return res, err
-	}
-	if err := os.WriteFile(filepath.Join(rundir, "job.sh"), jobScript(c, rundir), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(rundir, "job.sh"), jobScript(c), 0o644); err != nil {
 		return res, err
 	}
 	consoleLog, err := os.CreateTemp("", "nested-kvm-console-*.log")
@@ -192,11 +189,11 @@ func qemuArgs(c Config, rundir string) []string {
 
 // jobScript is job.sh, which init.sh sources: the paths and, as its
 // positional parameters, COMMAND.
-func jobScript(c Config, rundir string) []byte {
+func jobScript(c Config) []byte {
 	var b bytes.Buffer
 	for _, kv := range [][2]string{
-		{"RUNDIR", rundir}, {"CHECKOUT", c.Checkout}, {"WORKDIR", c.Workdir},
-		{"CMD_PATH", c.Path}, {"CMD_TMPDIR", filepath.Join(rundir, "tmp")},
+		{"CHECKOUT", c.Checkout}, {"WORKDIR", c.Workdir},
+		{"CMD_PATH", c.Path},
 	} {
 		fmt.Fprintf(&b, "%s=%s\n", kv[0], shellQuote(kv[1]))
 	}

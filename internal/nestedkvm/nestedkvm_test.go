@@ -90,12 +90,19 @@ func TestCompareVersions(t *testing.T) {
 }
 
 // TestModuleOrder resolves the load order from the real modules' .modinfo
-// (fetching the kernel into a scratch cache when the user cache lacks it).
+// (fetching the kernel into the user cache when it lacks it; a second
+// EnsureKernel must not fetch again) and builds the initramfs.
 func TestModuleOrder(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fetches a Debian kernel package; not in -short")
 	}
 	k := cachedKernel(t)
+	again, err := EnsureKernel(filepath.Dir(k.Dir), func(f string, a ...any) {
+		t.Errorf("second EnsureKernel: "+f, a...) // "fetching ...": it must come from the cache
+	})
+	if err != nil || again != k {
+		t.Fatalf("second EnsureKernel: %v, %v; want %v", again, err, k)
+	}
 	lists, err := k.loadOrder()
 	if err != nil {
 		t.Fatal(err)

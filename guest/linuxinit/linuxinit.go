@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+
+	"github.com/snapfaas/snapfaas/internal/cpio"
 )
 
 // Markers the init program prints on the console.
@@ -53,27 +55,14 @@ func Build(out string) error {
 	if err != nil {
 		return err
 	}
-	var w bytes.Buffer
-	ino := 1
-	add := func(name string, mode uint32, data []byte, rdevMajor, rdevMinor int) {
-		hdr := fmt.Sprintf("070701%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x",
-			ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdevMajor, rdevMinor, len(name)+1, 0)
-		ino++
-		w.WriteString(hdr)
-		w.WriteString(name)
-		w.WriteByte(0)
-		for w.Len()%4 != 0 {
-			w.WriteByte(0)
-		}
-		w.Write(data)
-		for w.Len()%4 != 0 {
-			w.WriteByte(0)
-		}
+	var b bytes.Buffer
+	w := cpio.NewWriter(&b)
+	w.Dir("dev", 0o755)
+	w.CharDev("dev/console", 0o600, 5, 1)
+	w.Dir("proc", 0o755)
+	w.File("init", 0o755, initBytes)
+	if err := w.Close(); err != nil {
+		return err
 	}
-	add("dev", 0o040755, nil, 0, 0)
-	add("dev/console", 0o020600, nil, 5, 1)
-	add("proc", 0o040755, nil, 0, 0)
-	add("init", 0o100755, initBytes, 0, 0)
-	add("TRAILER!!!", 0, nil, 0, 0)
-	return os.WriteFile(out, w.Bytes(), 0o644)
+	return os.WriteFile(out, b.Bytes(), 0o644)
 }

@@ -26,8 +26,8 @@
 // Only the indices and avail.flags are accessed atomically, through
 // sync/atomic on the aligned 32-bit word that holds each 16-bit field
 // (atomic.go: a load, or a compare-and-swap that keeps the other half);
-// descriptors, ring entries and buffers are plain
-// memory ordered by the index that publishes them. On x86 (TSO) plain
+// descriptors, ring entries and buffers are plain memory ordered by the
+// index that publishes them. On x86 (TSO) plain
 // stores are not reordered with each other in hardware, but the Go
 // compiler may reorder or merge plain accesses, and the Go memory model,
 // and so the race detector, only orders goroutines through

@@ -145,14 +145,21 @@ func setLVT(l *kvm.LAPIC, off int, mode uint32) {
 }
 
 // ExitError reports a guest that stopped abnormally: the exit, the vCPU
-// and its registers.
+// and its registers. Callers branch on its kind with errors.Is
+// (ErrTripleFault, ErrEmulation).
 type ExitError struct {
-	VCPU   int
+	VCPU int
+	// Err is the sentinel for the kind of exit, or nil for one without
+	// its own sentinel.
+	Err    error
 	Reason string
 	Regs   kvm.Regs
 	Sregs  kvm.Sregs
 	Detail string
 }
+
+// Unwrap returns the exit's sentinel (nil if it has none).
+func (e *ExitError) Unwrap() error { return e.Err }
 
 func (e *ExitError) Error() string {
 	var b strings.Builder

@@ -10,7 +10,8 @@
 // (PVM) hosts, where CPU features the instruction emulator cannot run are
 // hidden from the guest (Config.HideEmulatorUnsafe). A guest that triple
 // faults or hits an instruction the emulator cannot run stops the VM with an
-// *ExitError carrying the exit reason and the registers.
+// *ExitError carrying the exit reason (errors.Is ErrTripleFault or
+// ErrEmulation) and the registers.
 //
 // Guest memory is one anonymous mapping, ready to be registered with
 // userfaultfd for lazy restore; RAM above the MMIO gap (3.25–4 GiB) is

@@ -45,6 +45,14 @@ func (vm *VM) LazyMemory(socket, snapshot string, h pageserver.Handoff) (*pagese
 		select {
 		case <-c.Lost():
 			vm.stop(fmt.Errorf("guest memory of snapshot %q: %w (%v)", snapshot, ErrPageServerLost, c.Err()))
+			// A vCPU, or a device touching guest memory, may be
+			// blocked on a fault nobody will serve, where the kick does
+			// not reach it (PVM: the instruction emulator's fetch
+			// retries forever). Closing the last uffd unregisters guest
+			// memory: the fault is retried on plain anonymous memory
+			// and the thread goes on. The VM is stopping; that memory
+			// is not used again.
+			u.Close()
 		case <-vm.done:
 		}
 	}()

@@ -3,6 +3,7 @@ package vmm
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -85,7 +86,7 @@ func snapshotTestGuest(t *testing.T, elf, store, name string, cfg testguest.Conf
 	}
 	s.Close()
 	cancel()
-	<-done
+	waitStopped(t, done)
 	return blob
 }
 
@@ -111,6 +112,12 @@ func TestLazyRestoreThroughSidecar(t *testing.T) {
 	blob := snapshotTestGuest(t, elf, store, "tg", cfg)
 	sock, sidecar := startSidecar(t, store)
 
+	// restore runs a lazily restored VM. With requests > 0 it serves them
+	// and returns the session's metrics. With none the sidecar dies under
+	// the VM with a page fault pending: it is stopped before the VM runs,
+	// killed (killedAt) once a thread of the VM waits for a page, and the
+	// VM must then stop by itself (stoppedAt).
+	var killedAt, stoppedAt time.Time
 	restore := func(h pageserver.Handoff, requests uint64) (pageserver.Metrics, error) {
 		st, err := UnmarshalState(blob)
 		if err != nil {
@@ -134,13 +141,29 @@ func TestLazyRestoreThroughSidecar(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
+		if requests == 0 {
+			if err := sidecar.Process.Signal(syscall.SIGSTOP); err != nil {
+				t.Fatalf("stop the sidecar: %v", err)
+			}
+			// Before vm.Close: munmap waits for a stopped sidecar.
+			defer sidecar.Process.Signal(syscall.SIGKILL)
+		}
 		done := make(chan error, 1)
 		go func() { done <- vm.Run(ctx) }()
 		if requests == 0 {
-			return pageserver.Metrics{}, <-done
+			if err := waitUserfault(time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			if err := sidecar.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatalf("kill the sidecar: %v", err)
+			}
+			killedAt = time.Now()
+			err := waitRun(t, done, time.Minute, "stop by itself after the sidecar was killed")
+			stoppedAt = time.Now()
+			return pageserver.Metrics{}, err
 		}
 		serveRequests(t, ln, testguest.NewHeap(cfg.Seed, cfg.HeapMB), testguest.HeapPages(cfg.HeapMB), requests, done, &console)
-		if err := <-done; err != nil {
+		if err := waitRun(t, done, time.Minute, "power off after the exit request"); err != nil {
 			return pageserver.Metrics{}, err
 		}
 		return client.Close()
@@ -177,15 +200,33 @@ func TestLazyRestoreThroughSidecar(t *testing.T) {
 		vm.Close()
 	}
 
-	// The sidecar dies under a running VM: the VM stops with an error.
-	go func() {
-		time.Sleep(200 * time.Millisecond)
-		sidecar.Process.Signal(syscall.SIGKILL)
-	}()
-	start := time.Now()
+	// The sidecar dies under a running VM with a page fault pending: the
+	// VM stops with an error instead of hanging.
 	_, err = restore(pageserver.Handoff{Client: "doomed"}, 0)
-	if err == nil || !strings.Contains(err.Error(), "page server lost") {
-		t.Fatalf("VM after the sidecar died: %v", err)
+	if !errors.Is(err, ErrPageServerLost) {
+		t.Fatalf("VM after the sidecar died: %v; want ErrPageServerLost", err)
 	}
-	t.Logf("the VM stopped %s after the sidecar was killed: %v", time.Since(start).Round(time.Millisecond), err)
+	t.Logf("the VM stopped %s after the sidecar was killed: %v", stoppedAt.Sub(killedAt).Round(time.Millisecond), err)
+}
+
+// waitUserfault waits until a thread of this process (a vCPU, or a device
+// touching guest memory) sleeps in handle_userfault: it waits for a page
+// the page server has not served.
+func waitUserfault(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			return err
+		}
+		for _, task := range tasks {
+			if b, err := os.ReadFile(filepath.Join("/proc/self/task", task.Name(), "wchan")); err == nil && string(b) == "handle_userfault" {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no thread waiting in handle_userfault within %v of the restored VM starting with the sidecar stopped", timeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

@@ -78,7 +78,7 @@ func TestStockKernelBootPath(t *testing.T) {
 	case errors.As(runErr, &ee):
 		// The emulator's end: a clear error naming the failure and the
 		// registers, not a hang.
-		if !strings.Contains(ee.Error(), "emulation failure") && !strings.Contains(ee.Error(), "triple fault") {
+		if !errors.Is(ee, ErrEmulation) && !errors.Is(ee, ErrTripleFault) {
 			t.Errorf("unexpected exit: %v", ee)
 		}
 		t.Logf("emulated host: the kernel stopped as expected after %q", lastLine(log))

@@ -27,6 +27,13 @@ var (
 	// ErrReset: the guest asked for a reset (i8042 0xFE, or a reboot).
 	// snapfaas VMs treat it as a clean power-off, like Firecracker.
 	ErrReset = errors.New("guest reset")
+	// ErrTripleFault: a vCPU shut down (KVM_EXIT_SHUTDOWN), a triple
+	// fault on x86. Run returns it inside an *ExitError.
+	ErrTripleFault = errors.New("guest shut down (triple fault)")
+	// ErrEmulation: KVM's instruction emulator could not run an
+	// instruction (KVM_EXIT_INTERNAL_ERROR, suberror 1: SSE, x87, XSAVE
+	// on a PVM host). Run returns it inside an *ExitError.
+	ErrEmulation = errors.New("KVM instruction emulation failed")
 )
 
 // DefaultCmdline is the command line given to Linux guests when none is
@@ -543,8 +550,8 @@ func (vm *VM) park() {
 // VCPUs returns the vCPUs, for reading their state while paused.
 func (vm *VM) VCPUs() []*kvm.VCPU { return vm.vcpus }
 
-func (vm *VM) exitError(c *kvm.VCPU, reason, detail string) error {
-	e := &ExitError{VCPU: c.ID, Reason: reason, Detail: detail}
+func (vm *VM) exitError(c *kvm.VCPU, kind error, reason, detail string) error {
+	e := &ExitError{VCPU: c.ID, Err: kind, Reason: reason, Detail: detail}
 	e.Regs, _ = c.Regs()
 	e.Sregs, _ = c.Sregs()
 	return e
@@ -599,7 +606,7 @@ func (vm *VM) runVCPU(c *kvm.VCPU) error {
 		case kvm.ExitHLT:
 			return nil // without an in-kernel irqchip; never here with one
 		case kvm.ExitShutdown:
-			return vm.exitError(c, "guest shut down (triple fault)", "")
+			return vm.exitError(c, ErrTripleFault, "guest shut down (triple fault)", "")
 		case kvm.ExitSystemEvent:
 			switch c.SystemEvent() {
 			case 1: // KVM_SYSTEM_EVENT_SHUTDOWN
@@ -607,18 +614,20 @@ func (vm *VM) runVCPU(c *kvm.VCPU) error {
 			case 2: // KVM_SYSTEM_EVENT_RESET
 				return ErrReset
 			}
-			return vm.exitError(c, "system event", fmt.Sprint(c.SystemEvent()))
+			return vm.exitError(c, nil, "system event", fmt.Sprint(c.SystemEvent()))
 		case kvm.ExitInternalError:
 			sub, data := c.InternalError()
 			detail := fmt.Sprintf("suberror %d, data %#x", sub, data)
+			var kind error
 			if sub == 1 {
+				kind = ErrEmulation
 				detail = "emulation failure: the instruction emulator cannot run the instruction at rip (SSE/x87/XSAVE on a PVM host?); " + detail
 			}
-			return vm.exitError(c, "KVM internal error", detail)
+			return vm.exitError(c, kind, "KVM internal error", detail)
 		case kvm.ExitFailEntry:
-			return vm.exitError(c, "VM entry failed", fmt.Sprintf("hardware reason %#x", c.FailEntry()))
+			return vm.exitError(c, nil, "VM entry failed", fmt.Sprintf("hardware reason %#x", c.FailEntry()))
 		default:
-			return vm.exitError(c, fmt.Sprintf("unhandled exit %d", exit), "")
+			return vm.exitError(c, nil, fmt.Sprintf("unhandled exit %d", exit), "")
 		}
 	}
 }

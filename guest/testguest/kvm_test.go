@@ -7,8 +7,8 @@ package testguest
 // tables, GDT, ELF loader) and emulates just enough — the UART's THR/LSR,
 // the snapshot port, the i8042 reset and one modern virtio-mmio vsock
 // device with a scripted host — to check the guest's 64-bit path and its
-// vsock driver on this machine's KVM. Skipped where /dev/kvm cannot run a
-// VM.
+// vsock driver on this machine's KVM. Skipped where /dev/kvm cannot be
+// opened; any later KVM failure fails the test.
 
 import (
 	"debug/elf"
@@ -117,16 +117,16 @@ func newKVM(t *testing.T, memSize int) *kvmVM {
 	}
 	kvm, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		t.Skipf("no KVM: %v", err)
+		t.Skipf("no KVM: cannot open /dev/kvm: %v", err)
 	}
 	v := &kvmVM{kvm: kvm, vm: -1, vcpu: -1}
 	t.Cleanup(v.close)
 	if n, err := ioctl(kvm, kvmGetAPIVersion, 0); err != nil || n != 12 {
-		t.Skipf("KVM API version %d, %v", n, err)
+		t.Fatalf("KVM_GET_API_VERSION: %d, %v; want 12", n, err)
 	}
 	vm, err := ioctl(kvm, kvmCreateVM, 0)
 	if err != nil {
-		t.Skipf("KVM_CREATE_VM: %v", err)
+		t.Fatalf("KVM_CREATE_VM: %v", err)
 	}
 	v.vm = int(vm)
 	ioctl(v.vm, kvmSetTSSAddr, arch.TSSAddress) // Intel wants it; harmless elsewhere
@@ -143,7 +143,7 @@ func newKVM(t *testing.T, memSize int) *kvmVM {
 	}
 	vcpu, err := ioctl(v.vm, kvmCreateVCPU, 0)
 	if err != nil {
-		t.Skipf("KVM_CREATE_VCPU: %v", err)
+		t.Fatalf("KVM_CREATE_VCPU: %v", err)
 	}
 	v.vcpu = int(vcpu)
 	size, err := ioctl(kvm, kvmGetVCPUMmapSize, 0)
@@ -211,7 +211,7 @@ func (v *kvmVM) boot(t *testing.T, elfPath, cmdline string) {
 	s.IDT = kvmDtable{Base: st.Segments.IDTBase, Limit: st.Segments.IDTLimit}
 	s.CR0, s.CR3, s.CR4, s.EFER = st.CR0, st.CR3, st.CR4, st.EFER
 	if _, err := ioctl(v.vcpu, kvmSetSregs, uintptr(unsafe.Pointer(&s))); err != nil {
-		t.Skipf("KVM_SET_SREGS (long mode): %v", err)
+		t.Fatalf("KVM_SET_SREGS (long mode): %v", err)
 	}
 	r := kvmRegs{RIP: st.RIP, RSP: st.RSP, RSI: st.RSI, RFlags: st.RFlags}
 	if _, err := ioctl(v.vcpu, kvmSetRegs, uintptr(unsafe.Pointer(&r))); err != nil {

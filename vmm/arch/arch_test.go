@@ -177,7 +177,7 @@ func TestMPTable(t *testing.T) {
 
 func TestLoadELF(t *testing.T) {
 	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Skip("gcc not installed")
+		t.Skipf("gcc is needed to link a test ELF: %v", err)
 	}
 	dir := t.TempDir()
 	src := filepath.Join(dir, "k.S")
@@ -185,7 +185,7 @@ func TestLoadELF(t *testing.T) {
 	bin := filepath.Join(dir, "k.elf")
 	out, err := exec.Command("gcc", "-nostdlib", "-static", "-Wl,-Ttext=0x200000", "-Wl,--build-id=none", "-o", bin, src).CombinedOutput()
 	if err != nil {
-		t.Skipf("cannot link a test ELF: %v: %s", err, out)
+		t.Fatalf("gcc is installed but cannot link a test ELF: %v: %s", err, out)
 	}
 	f, _ := os.Open(bin)
 	defer f.Close()

@@ -7,6 +7,33 @@
 // (MMIOState, QueueState) so a snapshot can save and restore them. Queues
 // are processed on the vCPU thread that writes QueueNotify; a device
 // signals the guest through an interrupt callback (an irqfd or IRQ line).
+//
+// # Memory ordering
+//
+// The driver (the guest, or a test's fake driver on another goroutine)
+// and the device share the rings with no lock. Each side publishes with
+// one 16-bit index and the other side consumes through it:
+//
+//   - driver → device: descriptors and the avail ring entry are written
+//     first, then avail.idx is stored with release semantics; the device
+//     loads avail.idx with acquire semantics (Pop) before it reads the
+//     entry and the descriptors.
+//   - device → driver: the buffer contents and the used element (id, len)
+//     are written first, then used.idx is stored with release semantics
+//     (Push); the driver loads used.idx with acquire semantics before it
+//     reads the element and the buffer.
+//
+// Only the indices and avail.flags are accessed atomically, through
+// sync/atomic on the aligned 32-bit word that holds each 16-bit field
+// (atomic.go: a load, or a compare-and-swap that keeps the other half);
+// descriptors, ring entries and buffers are plain memory ordered by the
+// index that publishes them. On x86 (TSO) plain
+// stores are not reordered with each other in hardware, but the Go
+// compiler may reorder or merge plain accesses, and the Go memory model,
+// and so the race detector, only orders goroutines through
+// synchronization: without the atomics a fake driver in a -race test
+// races with the device, and nothing would stop the compiler moving the
+// index store before the element store.
 package virtio
 
 import (
@@ -86,7 +113,9 @@ func (q *Queue) u16(addr uint64) (uint16, error) {
 // descriptors), or ok=false if the driver has made none available.
 func (q *Queue) Pop() (head uint16, chain []Desc, ok bool, err error) {
 	s := &q.State
-	availIdx, err := q.u16(s.DriverAddr + 2)
+	// Acquire: the ring entry and descriptors the driver wrote before
+	// publishing availIdx are visible below.
+	availIdx, err := load16(q.mem, s.DriverAddr+2)
 	if err != nil {
 		return 0, nil, false, err
 	}
@@ -139,21 +168,18 @@ func (q *Queue) Push(head uint16, written uint32) error {
 	}
 	binary.LittleEndian.PutUint32(e[0:], uint32(head))
 	binary.LittleEndian.PutUint32(e[4:], written)
-	s.NextUsed++
-	idx, err := q.mem.Slice(s.DeviceAddr+2, 2)
-	if err != nil {
+	// Release: the element above (and the buffer contents written
+	// before Push) are visible to a driver that sees the new index.
+	if err := store16(q.mem, s.DeviceAddr+2, s.NextUsed+1); err != nil {
 		return err
 	}
-	// The entry must be visible before the index: stores in Go are not
-	// reordered with each other on x86 (TSO), and the write below is the
-	// last one.
-	binary.LittleEndian.PutUint16(idx, s.NextUsed)
+	s.NextUsed++
 	return nil
 }
 
 // NeedsInterrupt reports whether the driver wants an interrupt for used
 // buffers (VIRTQ_AVAIL_F_NO_INTERRUPT clear; event idx is not offered).
 func (q *Queue) NeedsInterrupt() bool {
-	flags, err := q.u16(q.State.DriverAddr)
+	flags, err := load16(q.mem, q.State.DriverAddr)
 	return err != nil || flags&1 == 0
 }

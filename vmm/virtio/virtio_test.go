@@ -63,11 +63,23 @@ func (d *driver) add(bufs ...buf) uint16 {
 	d.nextDesc = (d.nextDesc + uint16(len(bufs))) % d.size
 	le.PutUint16(d.mem[d.avail+4+2*uint64(d.availIdx%d.size):], head)
 	d.availIdx++
-	le.PutUint16(d.mem[d.avail+2:], d.availIdx)
+	// Release: the descriptors and the ring entry above are published by
+	// the index, as a guest's virtio driver does (virtio_wmb).
+	if err := store16(d.mem, d.avail+2, d.availIdx); err != nil {
+		panic(err)
+	}
 	return head
 }
 
-func (d *driver) usedIdx() uint16 { return binary.LittleEndian.Uint16(d.mem[d.used+2:]) }
+// usedIdx loads used.idx with acquire semantics (virtio_rmb): the used
+// elements and buffers the device wrote before it are visible after it.
+func (d *driver) usedIdx() uint16 {
+	v, err := load16(d.mem, d.used+2)
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
 
 func (d *driver) usedEntry(i uint16) (uint32, uint32) {
 	e := d.mem[d.used+4+8*uint64(i%d.size):]
@@ -256,5 +268,46 @@ func TestMMIONegotiation(t *testing.T) {
 	w(regStatus, 0)
 	if m.State.Activated || r(regStatus) != 0 || m.queues[0].State.Ready {
 		t.Fatal("reset left state behind")
+	}
+}
+
+func TestRingIndexWords(t *testing.T) {
+	mem := make(flatMem, 64)
+	for i := range mem {
+		mem[i] = byte(i)
+	}
+	// Both halves of an aligned word, each without touching the other.
+	if err := store16(mem, 8, 0xa1b2); err != nil {
+		t.Fatal(err)
+	}
+	if err := store16(mem, 14, 0xc3d4); err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	if got := le.Uint16(mem[8:]); got != 0xa1b2 {
+		t.Fatalf("low half %#x", got)
+	}
+	if got := le.Uint16(mem[10:]); got != 0x0b0a {
+		t.Fatalf("store16 at 8 changed bytes 10-11 to %#x", got)
+	}
+	if got := le.Uint16(mem[12:]); got != 0x0d0c {
+		t.Fatalf("store16 at 14 changed bytes 12-13 to %#x", got)
+	}
+	if got := le.Uint16(mem[14:]); got != 0xc3d4 {
+		t.Fatalf("high half %#x", got)
+	}
+	for addr, want := range map[uint64]uint16{8: 0xa1b2, 10: 0x0b0a, 12: 0x0d0c, 14: 0xc3d4} {
+		if got, err := load16(mem, addr); err != nil || got != want {
+			t.Fatalf("load16(%d) = %#x, %v; want %#x", addr, got, err, want)
+		}
+	}
+	if _, err := load16(mem, 9); !errors.Is(err, ErrQueue) {
+		t.Fatalf("odd address: %v", err)
+	}
+	if err := store16(mem, 62, 1); err != nil {
+		t.Fatalf("last word: %v", err)
+	}
+	if _, err := load16(mem, 64); err == nil {
+		t.Fatal("load16 past the end of memory succeeded")
 	}
 }

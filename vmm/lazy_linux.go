@@ -12,17 +12,25 @@ import (
 // was stopped because its page faults could never be served again.
 var ErrPageServerLost = errors.New("page server lost")
 
+// ErrLazyTooLate: LazyMemory was called after Restore had restored the
+// VM's state, which may already have had KVM write guest memory.
+var ErrLazyTooLate = errors.New("called after the VM's state was restored; call it from the Memory passed to Restore")
+
 // LazyMemory hands guest memory to the sidecar at socket: memory is
 // registered with a userfaultfd (missing mode, not user-mode-only, so KVM's
 // own accesses fault too) and the sidecar serves snapshot's pages as they
 // are touched, prefetching or recording the working set as h asks. Call it
-// on a restored VM before Run. The VM keeps its copy of the uffd open and
-// stops with ErrPageServerLost if the sidecar dies.
+// from the Memory given to Restore, before any state is restored (see
+// Memory). The VM keeps its copy of the uffd open and stops with
+// ErrPageServerLost if the sidecar dies.
 func (vm *VM) LazyMemory(socket, snapshot string, h pageserver.Handoff) (*pageserver.Client, pageserver.Reply, error) {
+	if vm.stateRestored {
+		return nil, pageserver.Reply{}, fmt.Errorf("lazy memory: %w", ErrLazyTooLate)
+	}
 	// A page already present would shadow the snapshot's: the guest
 	// would see whatever the VMM put there (zeros) instead.
 	if p := firstResident(vm.mem); p >= 0 {
-		return nil, pageserver.Reply{}, fmt.Errorf("lazy memory: guest page %d is already present before the page server takes over (call LazyMemory right after Restore, before anything touches guest memory)", p)
+		return nil, pageserver.Reply{}, fmt.Errorf("lazy memory: guest page %d is already present before the page server takes over (call it from the Memory passed to Restore, before anything touches guest memory)", p)
 	}
 	u, err := uffd.New()
 	if err != nil {

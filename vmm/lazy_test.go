@@ -130,15 +130,15 @@ func TestLazyRestoreThroughSidecar(t *testing.T) {
 		}
 		defer ln.Close()
 		var console syncBuf
-		vm, err := Restore(Config{Kernel: elf, Console: &console, HideEmulatorUnsafe: true, Vsock: &Vsock{CID: 3, Path: vsock}}, st, nil)
+		var client *pageserver.Client
+		vm, err := Restore(Config{Kernel: elf, Console: &console, HideEmulatorUnsafe: true, Vsock: &Vsock{CID: 3, Path: vsock}}, st, func(vm *VM) (err error) {
+			client, _, err = vm.LazyMemory(sock, "tg", h)
+			return err
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer vm.Close()
-		client, _, err := vm.LazyMemory(sock, "tg", h)
-		if err != nil {
-			t.Fatal(err)
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
 		if requests == 0 {
@@ -188,14 +188,25 @@ func TestLazyRestoreThroughSidecar(t *testing.T) {
 
 	// Guest memory touched before the handoff would shadow the snapshot's
 	// pages: LazyMemory refuses.
-	if st, err := UnmarshalState(blob); err != nil {
+	st2, err := UnmarshalState(blob)
+	if err != nil {
 		t.Fatal(err)
-	} else if vm, err := Restore(Config{Kernel: elf, HideEmulatorUnsafe: true, Vsock: &Vsock{CID: 3, Path: filepath.Join(t.TempDir(), "t.sock")}}, st, nil); err != nil {
+	}
+	vmCfg := Config{Kernel: elf, HideEmulatorUnsafe: true, Vsock: &Vsock{CID: 3, Path: filepath.Join(t.TempDir(), "t.sock")}}
+	if _, err := Restore(vmCfg, st2, func(vm *VM) error {
+		vm.Memory()[5<<12] = 1
+		_, _, err := vm.LazyMemory(sock, "tg", pageserver.Handoff{Client: "touched"})
+		return err
+	}); err == nil || !strings.Contains(err.Error(), "page 5 is already present") {
+		t.Fatalf("LazyMemory over touched memory: %v", err)
+	}
+	// After Restore has restored the VM's state it is too late, on any
+	// KVM: restoring state may have had KVM write guest memory.
+	if vm, err := Restore(vmCfg, st2, nil); err != nil {
 		t.Fatal(err)
 	} else {
-		vm.Memory()[5<<12] = 1
-		if _, _, err := vm.LazyMemory(sock, "tg", pageserver.Handoff{Client: "touched"}); err == nil || !strings.Contains(err.Error(), "page 5 is already present") {
-			t.Fatalf("LazyMemory over touched memory: %v", err)
+		if _, _, err := vm.LazyMemory(sock, "tg", pageserver.Handoff{Client: "late"}); !errors.Is(err, ErrLazyTooLate) {
+			t.Fatalf("LazyMemory after Restore: %v, want ErrLazyTooLate", err)
 		}
 		vm.Close()
 	}

@@ -3,6 +3,7 @@ package vmm
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,35 +13,36 @@ import (
 
 	"github.com/snapfaas/snapfaas/guest/linuxinit"
 	"github.com/snapfaas/snapfaas/internal/progress"
+	"github.com/snapfaas/snapfaas/internal/realkvm"
 	"github.com/snapfaas/snapfaas/pageserver"
 	"github.com/snapfaas/snapfaas/pagestore"
 )
 
-// TestStockLinuxSnapshotRestore boots Debian's stock cloud kernel with an
+// TestLinuxSnapshotRestore boots Debian's stock cloud kernel with an
 // initramfs whose /init (guest/linuxinit) fills 8 MiB and writes the
-// snapshot port; the VM pauses there and is saved, then restored twice —
-// memory copied in, and served lazily by the sidecar — and each restored
-// kernel must carry on in user space: init checks its 8 MiB, prints the
-// checksum and reboots, and the kernel does not boot again.
+// snapshot port, with 1 and with 2 vCPUs; the VM pauses there and is
+// saved, then restored three ways — memory copied in (eager), served by
+// the sidecar on fault (lazy, recording the working set), and served with
+// that working set prefetched (lazy + WS) — and each restored kernel must
+// carry on in user space on every vCPU: init checks its 8 MiB on each
+// online CPU, prints the checksums and reboots, and the kernel does not
+// boot again.
 //
-// It needs hardware KVM: under KVM's instruction emulator (PVM, this
-// project's machines) a stock kernel dies at FPU initialisation long
-// before user space, so there the test skips and says so. Set
-// SNAPFAAS_KERNEL and SNAPFAAS_INITRD to use prebuilt files (a machine
-// without the go command or apt).
-func TestStockLinuxSnapshotRestore(t *testing.T) {
+// It needs hardware KVM; on a PVM host it runs in an L1 guest with real
+// KVM (internal/realkvm). Set SNAPFAAS_KERNEL and SNAPFAAS_INITRD to use
+// prebuilt files (a machine without the go command or apt).
+func TestLinuxSnapshotRestore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a stock kernel; not in -short")
 	}
-	skipWithoutKVM(t)
-	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
-		t.Skip("PVM host (kvm_pvm loaded): a stock kernel cannot reach user space under KVM's instruction emulator; run this on hardware KVM")
+	if realkvm.Delegated(t) {
+		return
 	}
 	kernel := os.Getenv("SNAPFAAS_KERNEL")
 	if kernel == "" {
 		out, err := exec.Command("../scripts/fetch-kernel.sh").Output()
 		if err != nil {
-			t.Skipf("cannot fetch Debian's cloud kernel (apt-get download): %v", err)
+			t.Fatalf("cannot fetch Debian's cloud kernel (apt-get download): %v", err)
 		}
 		kernel = strings.TrimSpace(string(out))
 	}
@@ -51,10 +53,16 @@ func TestStockLinuxSnapshotRestore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	for _, vcpus := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%dvcpu", vcpus), func(t *testing.T) { linuxSnapshotRestore(t, kernel, initrd, vcpus) })
+	}
+}
+
+func linuxSnapshotRestore(t *testing.T, kernel, initrd string, vcpus int) {
 	const cmdline = "console=ttyS0 reboot=k panic=1 pci=off nomodule"
 	var console syncBuf
 	start := time.Now()
-	vm, done, cancel := bootPaused(t, Config{Kernel: kernel, Initrd: initrd, Cmdline: cmdline, MemMiB: 256, Console: &console}, &console)
+	vm, done, cancel := bootPaused(t, Config{Kernel: kernel, Initrd: initrd, Cmdline: cmdline, MemMiB: 256, VCPUs: vcpus, Console: &console}, &console)
 	booted := time.Since(start)
 	st, err := vm.SaveState()
 	if err != nil {
@@ -71,54 +79,75 @@ func TestStockLinuxSnapshotRestore(t *testing.T) {
 	if !strings.Contains(console.String(), linuxinit.SnapshotPoint) {
 		t.Fatalf("paused before init's snapshot point:\n%s", tail(console.String(), 30))
 	}
-	t.Logf("stock kernel booted to init's snapshot point in %s", booted.Round(time.Millisecond))
+	t.Logf("stock kernel with %d vCPUs booted to init's snapshot point in %s", vcpus, booted.Round(time.Millisecond))
 
+	const name = "linux"
 	store := filepath.Join(t.TempDir(), "store")
 	s, err := pagestore.Open(store, pagestore.Create())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.ImportMemory(context.Background(), "linux", bytes.NewReader(mem), int64(len(mem)), pagestore.MemoryOptions{VMState: blob}); err != nil {
+	if _, err := s.ImportMemory(context.Background(), name, bytes.NewReader(mem), int64(len(mem)), pagestore.MemoryOptions{VMState: blob}); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
 	sock, _ := startSidecar(t, store)
 
-	want := linuxinit.After + linuxinit.Checksum()
-	for _, lazy := range []bool{false, true} {
+	var want []string
+	for cpu := range vcpus {
+		want = append(want, linuxinit.AfterOn(cpu))
+	}
+	for _, mode := range []struct {
+		name string
+		lazy bool
+		h    pageserver.Handoff
+	}{
+		{"eager", false, pageserver.Handoff{}},
+		{"lazy", true, pageserver.Handoff{Client: "linux", Record: true}},
+		{"lazy + WS", true, pageserver.Handoff{Client: "linux", Prefetch: true}},
+	} {
 		st, err := UnmarshalState(blob)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var out syncBuf
-		var fill func([]byte) error
-		if !lazy {
-			fill = func(m []byte) error { copy(m, mem); return nil }
+		memory := Fill(func(m []byte) error { copy(m, mem); return nil })
+		var client *pageserver.Client
+		if mode.lazy {
+			memory = func(vm *VM) (err error) {
+				client, _, err = vm.LazyMemory(sock, name, mode.h)
+				return err
+			}
 		}
 		t0 := time.Now()
-		vm, err := Restore(Config{Kernel: kernel, Console: &out}, st, fill)
+		vm, err := Restore(Config{Kernel: kernel, Console: &out}, st, memory)
 		if err != nil {
-			t.Fatal(err)
-		}
-		var client *pageserver.Client
-		if lazy {
-			if client, _, err = vm.LazyMemory(sock, "linux", pageserver.Handoff{Client: "linux"}); err != nil {
-				t.Fatal(err)
-			}
+			t.Fatalf("%s restore: %v", mode.name, err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		runErr := vm.Run(ctx)
 		cancel()
 		took := time.Since(t0)
+		var m pageserver.Metrics
 		if client != nil {
-			m, _ := client.Close()
-			t.Logf("lazy restore: %d faults, %s decoded", m.Faults, progress.Bytes(int64(m.Decompressed)))
+			m, _ = client.Close()
 		}
 		vm.Close()
 		log := out.String()
-		if runErr != nil || !strings.Contains(log, want) || strings.Contains(log, "Linux version") || strings.Contains(log, linuxinit.Up) {
-			t.Fatalf("restored (lazy=%v) VM: %v; want %q, once, without a new boot; console:\n%s", lazy, runErr, want, tail(log, 30))
+		ok := runErr == nil && !strings.Contains(log, "Linux version") && !strings.Contains(log, linuxinit.Up)
+		for _, w := range want {
+			ok = ok && strings.Count(log, w) == 1
 		}
-		t.Logf("restored (lazy=%v): init carried on and the VM rebooted cleanly in %s", lazy, took.Round(time.Millisecond))
+		if !ok {
+			t.Fatalf("%s restore: %v; want %q, once each, without a new boot; console:\n%s", mode.name, runErr, want, tail(log, 30))
+		}
+		t.Logf("%s restore: init carried on on %d vCPUs and the VM rebooted cleanly in %s; %d faults, %d prefetched, %s decoded",
+			mode.name, vcpus, took.Round(time.Millisecond), m.Faults, m.Prefetched, progress.Bytes(int64(m.Decompressed)))
+		switch {
+		case mode.h.Record && m.Recorded == 0:
+			t.Errorf("%s restore recorded no working set: %+v", mode.name, m)
+		case mode.h.Prefetch && (m.Prefetched == 0 || m.WorkingSet == 0):
+			t.Errorf("%s restore prefetched nothing: %+v", mode.name, m)
+		}
 	}
 }

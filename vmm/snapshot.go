@@ -137,12 +137,28 @@ func (vm *VM) SaveState() (*State, error) {
 	return st, nil
 }
 
+// Memory gives a VM being restored its guest memory: Restore calls it on
+// the new VM before it restores any vCPU, device or VM state. That order
+// is the rule for lazy restores: restoring state makes KVM itself write
+// guest memory (on hardware KVM, setting the kvmclock, steal-time and
+// PV-EOI MSRs has KVM write those pages, at once or a little later from
+// its own threads), and every such write must land on the snapshot's page
+// served by the page server, not on a fresh zero page that would then
+// shadow it. A nil Memory leaves guest memory zero.
+type Memory func(vm *VM) error
+
+// Fill is a Memory that copies guest memory in with fill (an eager
+// restore from a flat memory file, for example).
+func Fill(fill func(mem []byte) error) Memory {
+	return func(vm *VM) error { return fill(vm.mem) }
+}
+
 // Restore builds a VM from cfg (its devices: disks, vsock, console) and a
-// saved state, with guest memory filled by fill (an eager copy, or nothing
-// when memory will be served lazily). The VM is ready to Run and continues
-// where it was saved; vsock connections do not survive, and the guest is
-// told so with a transport-reset event.
-func Restore(cfg Config, st *State, fill func(mem []byte) error) (_ *VM, err error) {
+// saved state, with guest memory from memory (Fill, or LazyMemory called
+// inside it, so that the sidecar serves every page). The VM is ready to
+// Run and continues where it was saved; vsock connections do not survive,
+// and the guest is told so with a transport-reset event.
+func Restore(cfg Config, st *State, memory Memory) (_ *VM, err error) {
 	if len(st.VCPUs) == 0 {
 		return nil, fmt.Errorf("restore: the state has no vCPUs")
 	}
@@ -156,11 +172,12 @@ func Restore(cfg Config, st *State, fill func(mem []byte) error) (_ *VM, err err
 			vm.Close()
 		}
 	}()
-	if fill != nil {
-		if err := fill(vm.mem); err != nil {
+	if memory != nil {
+		if err := memory(vm); err != nil {
 			return nil, fmt.Errorf("restore memory: %w", err)
 		}
 	}
+	vm.stateRestored = true
 	// The order that worked on this project's hosts: clock, irqchip, PIT;
 	// then per vCPU CPUID, MP state, registers, FPU, XSAVE, XCRs, debug
 	// registers, LAPIC, MSRs, events.

@@ -382,7 +382,7 @@ func TestSnapshotRestoreEager(t *testing.T) {
 	defer ln.Close()
 	var console2 syncBuf
 	vm2, err := Restore(Config{Kernel: elf, Console: &console2, HideEmulatorUnsafe: true, Vsock: &Vsock{CID: 3, Path: sock + "2"}}, st2,
-		func(m []byte) error { copy(m, mem); return nil })
+		Fill(func(m []byte) error { copy(m, mem); return nil }))
 	if err != nil {
 		t.Fatal(err)
 	}

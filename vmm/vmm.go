@@ -120,6 +120,9 @@ type VM struct {
 	devDirty *pageBits
 	// pendingReset: a restored VM's vsock transport reset, sent on Run.
 	pendingReset bool
+	// stateRestored: Restore has begun restoring vCPU and VM state, which
+	// may have KVM write guest memory; too late for LazyMemory.
+	stateRestored bool
 
 	stopOnce sync.Once
 	stopping atomic.Bool

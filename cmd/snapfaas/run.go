@@ -257,22 +257,23 @@ func runAction(c *cli.Context) error {
 		if err != nil {
 			return fmt.Errorf("snapshot %q: %w", load, err)
 		}
-		if vm, err = vmm.Restore(cfg, st, nil); err != nil {
-			return err
-		}
-		defer vm.Close()
 		// Guest memory comes from the sidecar: all of it copied in
 		// before the VM runs (eager), the snapshot's own layer copied in
 		// (copy_diff), or served on fault, the working set prefetched.
+		// It is handed over before any state is restored (see
+		// vmm.Memory).
 		sock, err := ensureSidecar(c)
 		if err != nil {
 			return err
 		}
-		client, _, err = vm.LazyMemory(sock, load, pageserver.Handoff{Client: "snapfaas-run", Copy: c.Bool("copy_base"), CopyLayer: c.Bool("copy_diff"),
-			Prefetch: c.Bool("load_ws"), Record: c.Bool("dump_ws")})
-		if err != nil {
+		if vm, err = vmm.Restore(cfg, st, func(vm *vmm.VM) error {
+			client, _, err = vm.LazyMemory(sock, load, pageserver.Handoff{Client: "snapfaas-run", Copy: c.Bool("copy_base"), CopyLayer: c.Bool("copy_diff"),
+				Prefetch: c.Bool("load_ws"), Record: c.Bool("dump_ws")})
+			return err
+		}); err != nil {
 			return err
 		}
+		defer vm.Close()
 		go func() {
 			// The VM stops itself when the sidecar goes; a thread stuck in
 			// a fault that will never be served must not keep this process

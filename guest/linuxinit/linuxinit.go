@@ -20,11 +20,16 @@ import (
 const (
 	Up            = "linuxinit: up"
 	SnapshotPoint = "linuxinit: snapshot point"
-	After         = "linuxinit: after the snapshot point, checksum "
+	CPUsOnline    = "linuxinit: %d CPUs online"
+	After         = "linuxinit: after the snapshot point, cpu %d checksum %s"
 )
 
-// Checksum is what init prints after After: the same arithmetic over the
-// same 8 MiB.
+// AfterOn is the line init prints on cpu after the snapshot point when
+// the memory it filled is intact.
+func AfterOn(cpu int) string { return fmt.Sprintf(After, cpu, Checksum()) }
+
+// Checksum is the checksum init prints in After: the same arithmetic over
+// the same 8 MiB.
 func Checksum() string {
 	var sum uint64
 	for i := 0; i < 8<<20; i++ {

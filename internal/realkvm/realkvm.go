@@ -90,7 +90,7 @@ func Delegated(t *testing.T) bool {
 		t.Fatalf("%s did not run in L1 (%s); its output ended:\n%s", t.Name(), l1Results.times, tail(l1Results.all, 40))
 	}
 	where := "L1 (kvm_amd under QEMU TCG)"
-	t.Logf("ran in %s: %s; L1 %s; its output:\n%s", where, r.result, l1Results.times, r.output)
+	t.Logf("ran in %s: %s; %s; its output:\n%s", where, r.result, l1Results.times, r.output)
 	switch r.result {
 	case "FAIL":
 		t.Fail()
@@ -195,7 +195,7 @@ func runInL1() (results, error) {
 	mu.Lock()
 	all := out.String()
 	mu.Unlock()
-	logf("L1 %s", res.Times)
+	logf("%s", res.Times)
 	if err != nil {
 		return results{}, fmt.Errorf("%w; output:\n%s", err, tail(all, 40))
 	}

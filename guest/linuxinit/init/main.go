@@ -4,15 +4,20 @@
 // a static Go program a stock Linux kernel runs as its first process. It
 // fills 8 MiB, marks boot done and its snapshot point on the snapfaas
 // snapshot port (0x3f0: 123, then 124; a VMM pausing there saves the VM),
-// then — in the original VM or in one restored from that snapshot — checks
-// the 8 MiB, prints the checksum and reboots (reboot=k on the kernel
+// then — in the original VM or in one restored from that snapshot — prints
+// how many CPUs are online, checks the 8 MiB on each of them, prints the
+// checksums and reboots (reboot=k on the kernel
 // command line turns that into an i8042 reset, which ends the VM).
 package main
 
 import (
 	"fmt"
 	"os"
+	"runtime"
+	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // outb writes v to I/O port port (outb_amd64.s).
@@ -33,11 +38,36 @@ func main() {
 		outb(portSnapshot, 123)
 		outb(portSnapshot, 124)
 	}
-	var sum uint64
-	for i, b := range buf {
-		sum = sum*31 + uint64(b) + uint64(i&1)
+	// Every online CPU checks the 8 MiB (in a restored VM: every restored
+	// vCPU runs, and sees the snapshot's memory).
+	var online unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &online); err != nil {
+		fmt.Println("linuxinit: sched_getaffinity:", err)
 	}
-	fmt.Printf("linuxinit: after the snapshot point, checksum %016x\n", sum)
+	fmt.Printf("linuxinit: %d CPUs online\n", online.Count())
+	var wg sync.WaitGroup
+	for cpu := 0; cpu < 1024; cpu++ {
+		if !online.IsSet(cpu) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			var one unix.CPUSet
+			one.Set(cpu)
+			if err := unix.SchedSetaffinity(0, &one); err != nil {
+				fmt.Printf("linuxinit: cpu %d: sched_setaffinity: %v\n", cpu, err)
+				return
+			}
+			var sum uint64
+			for i, b := range buf {
+				sum = sum*31 + uint64(b) + uint64(i&1)
+			}
+			fmt.Printf("linuxinit: after the snapshot point, cpu %d checksum %016x\n", cpu, sum)
+		}()
+	}
+	wg.Wait()
 	syscall.Sync()
 	if err := syscall.Reboot(syscall.LINUX_REBOOT_CMD_RESTART); err != nil {
 		fmt.Println("linuxinit: reboot:", err)

@@ -33,4 +33,19 @@ fi
 go vet ./...
 # The whole suite runs under the race detector: the VMM, the page server
 # and the FUSE server share memory across goroutines (and with the guest).
-go test -race -count=1 -timeout 30m "$@" ./...
+# Tests named TestLinux… need hardware KVM: where /dev/kvm is PVM they run
+# in an L1 guest with real KVM (internal/realkvm, scripts/nested-kvm.sh),
+# and each outcome is logged here for the summary.
+export SNAPFAAS_REALKVM_LOG
+SNAPFAAS_REALKVM_LOG=$(mktemp)
+trap 'rm -f "$SNAPFAAS_REALKVM_LOG"' EXIT
+status=0
+go test -race -count=1 -timeout 40m "$@" ./... || status=$?
+ran=$(wc -l <"$SNAPFAAS_REALKVM_LOG")
+if [ "$ran" -gt 0 ]; then
+	echo "test.sh: $ran Linux-guest tests ran on real KVM:"
+	sort "$SNAPFAAS_REALKVM_LOG" | sed 's/^/  /; s/\t/  /g'
+else
+	echo "test.sh: no Linux-guest test ran on real KVM (-short, or no /dev/kvm)"
+fi
+exit "$status"

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/snapfaas/snapfaas/internal/testutil"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -19,7 +20,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -209,38 +209,16 @@ func runSidecar(spec string) {
 
 // syncBuf collects a child's stderr; the test reads it while the child
 // runs and can wait for a line.
-type syncBuf struct {
-	mu      sync.Mutex
-	b       bytes.Buffer
-	written chan struct{} // a token after every Write
-}
-
-func newSyncBuf() *syncBuf { return &syncBuf{written: make(chan struct{}, 1)} }
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	select {
-	case s.written <- struct{}{}:
-	default:
-	}
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuf = testutil.Buffer
 
 // waitFor waits until the child has printed want, failing after timeout.
-func (s *syncBuf) waitFor(t *testing.T, want string, timeout time.Duration) {
+func waitFor(t *testing.T, s *syncBuf, want string, timeout time.Duration) {
 	t.Helper()
 	tm := time.NewTimer(timeout)
 	defer tm.Stop()
 	for !strings.Contains(s.String(), want) {
 		select {
-		case <-s.written:
+		case <-s.Written():
 		case <-tm.C:
 			t.Fatalf("waited %s for the child to print %q; its stderr: %q", timeout, want, s.String())
 		}
@@ -262,7 +240,7 @@ type childProc struct {
 func startChild(t *testing.T, spec childSpec) *childProc {
 	t.Helper()
 	b, _ := json.Marshal(spec)
-	c := &childProc{cmd: exec.Command(os.Args[0]), errb: newSyncBuf(), exited: make(chan error, 1)}
+	c := &childProc{cmd: exec.Command(os.Args[0]), errb: &syncBuf{}, exited: make(chan error, 1)}
 	c.cmd.Env = append(os.Environ(), childEnv+"="+string(b))
 	c.cmd.Stdout, c.cmd.Stderr = &c.out, c.errb
 	var err error
@@ -644,7 +622,7 @@ func TestClientFailsFastWhenSidecarDies(t *testing.T) {
 	// The child notices while holding, or once released, faulting on a
 	// page nobody will serve: either way it must stop, not hang.
 	c := startChild(t, childSpec{Socket: sock, Snapshot: "m", Size: int64(len(mem)), HoldAfter: 16})
-	c.errb.waitFor(t, "HOLDING", 20*time.Second)
+	waitFor(t, c.errb, "HOLDING", 20*time.Second)
 	side.Process.Signal(syscall.SIGKILL)
 	side.Wait()
 	start := time.Now()
@@ -669,7 +647,7 @@ func TestRunningSessionLeasesItsSnapshot(t *testing.T) {
 	f := newFixture(t, "")
 	// The child holds after its first pages were served: the session runs.
 	c := startChild(t, childSpec{Socket: f.sock, Snapshot: "diff", Size: int64(len(f.diff)), HoldAfter: 16, Bye: true})
-	c.errb.waitFor(t, "HOLDING", 20*time.Second)
+	waitFor(t, c.errb, "HOLDING", 20*time.Second)
 	// The lease is taken off the fault path; wait for it.
 	deadline := time.Now().Add(10 * time.Second)
 	for {

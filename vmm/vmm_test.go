@@ -1,15 +1,14 @@
 package vmm
 
 import (
-	"bytes"
 	"context"
 	"debug/elf"
 	"errors"
+	"github.com/snapfaas/snapfaas/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -70,22 +69,8 @@ const printAndReset = `
 2:	jmp 2b
 `
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuf is a console the test reads while the VM writes it.
+type syncBuf = testutil.Buffer
 
 func runGuest(t *testing.T, cfg Config) (string, []uint8, error) {
 	t.Helper()

@@ -145,21 +145,7 @@ func TestBenchRestore(t *testing.T) {
 	cmd := exec.Command(bin, "bench", "restore", "--mem_size", "32", "--ws", "5", "--rounds", "1", "--synthetic", "--store", store)
 	var so, se syncBuf
 	cmd.Stdout, cmd.Stderr = &so, &se
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("bench restore: %v\n%s", err, tailLines(se.String(), 30))
-		}
-	case <-time.After(5 * time.Minute):
-		cmd.Process.Kill()
-		<-done
-		t.Fatalf("bench restore hung:\n%s", tailLines(se.String(), 30))
-	}
+	runWithin(t, cmd, 5*time.Minute, "bench restore", &se)
 	out := so.String()
 	t.Logf("\n%s", out)
 

@@ -91,20 +91,7 @@ func TestDemo(t *testing.T) {
 	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
 	var out syncBuf
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("snapfaas demo: %v\n%s", err, out.String())
-		}
-	case <-time.After(5 * time.Minute):
-		cmd.Process.Kill()
-		t.Fatalf("snapfaas demo still running after 5 minutes:\n%s", out.String())
-	}
+	runWithin(t, cmd, 5*time.Minute, "snapfaas demo", &out)
 	text := out.String()
 	t.Logf("demo output:\n%s", text)
 

@@ -3,33 +3,19 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"github.com/snapfaas/snapfaas/internal/testutil"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
 
 // syncBuf is an output buffer a test may read while a child process's
-// output is still being copied into it (exec copies on its own goroutine).
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// output is still being copied into it.
+type syncBuf = testutil.Buffer
 
 // waitFor polls cond until it holds, failing the test with what it was
 // waiting for (and detail(), if given) when timeout passes first.
@@ -86,4 +72,26 @@ func processesMentioning(s string) []string {
 		}
 	}
 	return found
+}
+
+// runWithin runs cmd (its output already directed), failing the test with
+// what (and the tail of log) if it fails or is still running after
+// timeout, when it is killed.
+func runWithin(t *testing.T, cmd *exec.Cmd, timeout time.Duration, what string, log *syncBuf) {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", what, err, tailLines(log.String(), 40))
+		}
+	case <-time.After(timeout):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("%s still running after %s:\n%s", what, timeout, tailLines(log.String(), 40))
+	}
 }

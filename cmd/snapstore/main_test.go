@@ -3,11 +3,11 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/snapfaas/snapfaas/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -90,29 +90,7 @@ func writeTemp(t *testing.T, name string, data []byte) string {
 
 // syncBuf collects a running snapstore's stderr; the test reads it while
 // the process writes and can wait for a line.
-type syncBuf struct {
-	mu      sync.Mutex
-	b       bytes.Buffer
-	written chan struct{} // a token after every Write
-}
-
-func newSyncBuf() *syncBuf { return &syncBuf{written: make(chan struct{}, 1)} }
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	select {
-	case s.written <- struct{}{}:
-	default:
-	}
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuf = testutil.Buffer
 
 // daemon is a snapstore process that runs until signalled (serve, mount).
 type daemon struct {
@@ -126,7 +104,7 @@ type daemon struct {
 // it still runs.
 func startDaemon(t *testing.T, store string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{cmd: exec.Command(bin, append([]string{"--store", store}, args...)...), stderr: newSyncBuf(), exited: make(chan error, 1)}
+	d := &daemon{cmd: exec.Command(bin, append([]string{"--store", store}, args...)...), stderr: &syncBuf{}, exited: make(chan error, 1)}
 	d.cmd.Stderr = d.stderr
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -156,7 +134,7 @@ func (d *daemon) waitLog(t *testing.T, want string, timeout time.Duration) {
 	defer tm.Stop()
 	for !strings.Contains(d.stderr.String(), want) {
 		select {
-		case <-d.stderr.written:
+		case <-d.stderr.Written():
 		case err := <-d.exited:
 			d.done = true
 			t.Fatalf("snapstore %v exited (%v) before logging %q:\n%s", d.cmd.Args[1:], err, want, d.stderr.String())
@@ -314,7 +292,7 @@ func TestServeStartsAndStops(t *testing.T) {
 
 	sock := filepath.Join(dir, "s.sock")
 	cmd := exec.Command(bin, "--store", store, "serve", "--socket", sock, "--firecracker", filepath.Join(dir, "fc.sock")+"=m")
-	se := newSyncBuf() // read while serve writes
+	se := &syncBuf{} // read while serve writes
 	cmd.Stderr = se
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -163,10 +163,15 @@ func New(cfg Config) (_ *VM, err error) {
 			return nil, err
 		}
 	}
-	if err := arch.WriteZeroPage(vm.mem, bp); err != nil {
+	// Both descriptions of the vCPUs and interrupt controllers: the MP
+	// table for kernels that parse it, ACPI for those built without.
+	if err := arch.WriteMPTable(vm.mem, vm.cfg.VCPUs); err != nil {
 		return nil, err
 	}
-	if err := arch.WriteMPTable(vm.mem, vm.cfg.VCPUs); err != nil {
+	if bp.RSDPAddr, err = arch.WriteACPI(vm.mem, vm.cfg.VCPUs); err != nil {
+		return nil, err
+	}
+	if err := arch.WriteZeroPage(vm.mem, bp); err != nil {
 		return nil, err
 	}
 	entry, err := arch.SetupLongMode(vm.mem, k.Entry)

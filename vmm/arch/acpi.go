@@ -8,10 +8,12 @@ package arch
 //	RSDPStart        RSDP "RSD PTR ", rev 2, 36 bytes: XsdtAddress → XSDT
 //	(0xe0000)        (in the BIOS area Linux scans on 16-byte boundaries;
 //	                 also handed over in boot_params.acpi_rsdp_addr)
-//	ACPITablesStart  DSDT rev 2: AML Scope (\_SB) {}, no devices
-//	(0xa0000, each   FACP (FADT) rev 6.3, 276 bytes: X_DSDT → DSDT; flags
-//	table 8-byte          HW_REDUCED_ACPI, no power/sleep button; IA-PC
-//	aligned)              boot flags: no VGA, no MSI, no ASPM control
+//	ACPITablesStart  DSDT rev 2: AML Scope (\_SB) { COM1, V000, ... }:
+//	(0xa0000; each        the serial port and each virtio-mmio device
+//	table 8-byte          with its registers and interrupt
+//	aligned)         FACP (FADT) rev 6.3, 276 bytes: X_DSDT → DSDT; flags
+//	                      HW_REDUCED_ACPI, no power/sleep button; IA-PC
+//	                      boot flags: no VGA, no MSI, no ASPM control
 //	                 APIC (MADT) rev 5: local APIC base LAPICStart; for
 //	                      vCPU i a local APIC with uid i, id i, enabled;
 //	                      one I/O APIC, id ioapicID(n), at IOAPICStart,
@@ -31,10 +33,12 @@ package arch
 // to pin i, and an MADT without overrides means exactly that identity,
 // with ISA defaults (edge, active high). Hardware-reduced means no SCI
 // and no fixed-feature registers; Linux then also leaves the legacy PIC
-// and the PIT alone (acpi_generic_reduced_hw_init) and uses the local
-// APIC timer. Virtio-mmio devices stay on the command line: describing
-// them in the DSDT too (LNRO0005) would make a kernel with
-// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES probe each one twice.
+// and the PIT alone (acpi_generic_reduced_hw_init), uses the local APIC
+// timer, and maps no ISA interrupt by itself: a device gets a working
+// interrupt only if the DSDT lists it with one. Hence COM1 (without it
+// the console's transmit interrupt never arrives and user space output
+// stalls) and the virtio devices, which also stay on the command line for
+// kernels without ACPI, as Firecracker does both.
 
 import (
 	"encoding/binary"
@@ -119,15 +123,28 @@ func sdt(sig string, rev byte, body []byte) []byte {
 	return t
 }
 
-// dsdtAML is the DSDT's definition block, Scope (\_SB) {}: the system
-// bus scope where device objects would go, empty. ScopeOp 0x10, PkgLength
-// 5 (itself and the name), NameSeg "_SB_"; iasl compiles the same bytes.
-// No devices: the kernel knows the 8250 at 0x3f8 and the i8042 without
-// ACPI, and the virtio-mmio devices from the command line.
-var dsdtAML = []byte{0x10, 0x05, '_', 'S', 'B', '_'}
+// dsdtAML is the DSDT's definition block: Scope (\_SB) with the serial
+// port COM1 (PNP0501: ports PortCOM1, interrupt IRQCOM1) and the virtio
+// devices in slots 0..virtio-1 (LNRO0005, Linux's virtio-mmio id: the
+// registers and interrupt of VirtioSlot(i); _CCA: DMA is cache-coherent).
+func dsdtAML(virtio int) []byte {
+	terms := [][]byte{amlDevice("COM1",
+		amlName("_HID", amlEISAID("PNP0501")),
+		amlName("_UID", amlInteger(0)),
+		amlName("_CRS", amlResources(resIO(PortCOM1, 8), resInterrupt(IRQCOM1))))}
+	for i := 0; i < virtio; i++ {
+		base, irq := VirtioSlot(i)
+		terms = append(terms, amlDevice(fmt.Sprintf("V%03d", i),
+			amlName("_HID", amlString("LNRO0005")),
+			amlName("_UID", amlInteger(uint64(i))),
+			amlName("_CCA", amlInteger(1)),
+			amlName("_CRS", amlResources(resMemory32Fixed(uint32(base), VirtioMMIOSize), resInterrupt(irq)))))
+	}
+	return amlScope("_SB_", terms...)
+}
 
 // dsdtTable is the DSDT holding dsdtAML.
-func dsdtTable() []byte { return sdt("DSDT", dsdtRevision, dsdtAML) }
+func dsdtTable(virtio int) []byte { return sdt("DSDT", dsdtRevision, dsdtAML(virtio)) }
 
 // fadtTable is a hardware-reduced FADT whose X_DSDT points at dsdt.
 func fadtTable(dsdt uint64) []byte {
@@ -187,12 +204,16 @@ func rsdpStruct(xsdt uint64) []byte {
 	return r
 }
 
-// WriteACPI writes the ACPI tables for n vCPUs into guest memory mem
-// (DSDT, FADT, MADT and XSDT from ACPITablesStart, the RSDP at RSDPStart)
-// and returns the RSDP's guest address, for boot_params.acpi_rsdp_addr.
-func WriteACPI(mem []byte, n int) (rsdp uint64, err error) {
+// WriteACPI writes the ACPI tables for n vCPUs and virtio virtio-mmio
+// devices (slots 0..virtio-1) into guest memory mem (DSDT, FADT, MADT and
+// XSDT from ACPITablesStart, the RSDP at RSDPStart) and returns the RSDP's
+// guest address, for boot_params.acpi_rsdp_addr.
+func WriteACPI(mem []byte, n, virtio int) (rsdp uint64, err error) {
 	if n < 1 || n > MaxVCPUs {
 		return 0, fmt.Errorf("%d vCPUs: want 1 to %d", n, MaxVCPUs)
+	}
+	if virtio < 0 || VirtioIRQBase+virtio-1 > IRQMax {
+		return 0, fmt.Errorf("%d virtio devices: their interrupts would pass IRQ %d", virtio, IRQMax)
 	}
 	if len(mem) < rsdpEnd {
 		return 0, fmt.Errorf("ACPI tables up to %#x: %w", rsdpEnd, ErrMemory)
@@ -210,7 +231,7 @@ func WriteACPI(mem []byte, n int) (rsdp uint64, err error) {
 		next = (addr + uint64(len(t)) + acpiAlign - 1) &^ (acpiAlign - 1)
 		return addr
 	}
-	dsdt := place(dsdtTable())
+	dsdt := place(dsdtTable(virtio))
 	fadt := place(fadtTable(dsdt))
 	madt := place(madtTable(n))
 	xsdt := place(xsdtTable(fadt, madt))

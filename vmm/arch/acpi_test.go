@@ -19,14 +19,15 @@ import (
 // spelled out (0xfec00000, 0xfee00000, 0xe0000-0xfffff) rather than taken
 // from layout.go.
 
-// bootMemory writes every boot structure for n vCPUs as vmm.New does.
-func bootMemory(t *testing.T, n int) []byte {
+// bootMemory writes every boot structure for n vCPUs and virtio devices
+// as vmm.New does.
+func bootMemory(t *testing.T, n, virtio int) []byte {
 	t.Helper()
 	mem := make([]byte, 64<<20)
 	if err := WriteMPTable(mem, n); err != nil {
 		t.Fatal(err)
 	}
-	rsdp, err := WriteACPI(mem, n)
+	rsdp, err := WriteACPI(mem, n, virtio)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,10 +160,14 @@ func parseACPI(mem []byte) (acpiView, error) {
 	return v, nil
 }
 
+// maxVirtio is how many virtio devices fit below IRQ 24.
+const maxVirtio = 24 - 5
+
 func TestACPITablesForEveryVCPUCount(t *testing.T) {
-	for _, n := range []int{1, 2, 3, 8, MaxVCPUs} {
-		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			mem := bootMemory(t, n)
+	for _, c := range []struct{ n, virtio int }{{1, 0}, {2, 1}, {3, 2}, {8, 0}, {MaxVCPUs, maxVirtio}} {
+		n := c.n
+		t.Run(fmt.Sprintf("%dvcpu-%dvirtio", c.n, c.virtio), func(t *testing.T) {
+			mem := bootMemory(t, c.n, c.virtio)
 			v, err := parseACPI(mem)
 			if err != nil {
 				t.Fatal(err)
@@ -174,7 +179,7 @@ func TestACPITablesForEveryVCPUCount(t *testing.T) {
 				t.Errorf("tables %q, want APIC, DSDT, FACP", got)
 			}
 			checkFADT(t, v.tables["FACP"])
-			checkDSDT(t, v.tables["DSDT"])
+			checkDSDT(t, v.tables["DSDT"], c.virtio)
 			checkMADT(t, v.tables["APIC"], n)
 		})
 	}
@@ -198,16 +203,51 @@ func checkFADT(t *testing.T, f sdtable) {
 	}
 }
 
-func checkDSDT(t *testing.T, d sdtable) {
+// checkDSDT: one Scope (\_SB) spans the AML; in it COM1 and each virtio
+// device with its resources, spelled here in the spec's byte encodings.
+func checkDSDT(t *testing.T, d sdtable, virtio int) {
 	t.Helper()
 	if d.b[8] < 2 {
 		t.Errorf("DSDT revision %d: AML integers would be 32-bit", d.b[8])
 	}
-	// The AML body: whole objects only. Ours is one ScopeOp whose
-	// one-byte PkgLength spans the rest.
 	body := d.b[36:]
-	if len(body) > 0 && (body[0] != 0x10 || body[1]>>6 != 0 || int(body[1]) != len(body)-1) {
-		t.Errorf("DSDT body % x is not one Scope spanning it", body)
+	if len(body) < 2 || body[0] != 0x10 {
+		t.Fatalf("DSDT body does not start with a Scope: % x", body[:min(8, len(body))])
+	}
+	// PkgLength: bits 7-6 of the first byte count the bytes that follow.
+	nb := int(body[1] >> 6)
+	pkg := int(body[1] & 0x3f)
+	if nb > 0 {
+		pkg = int(body[1] & 0xf)
+		for i := 0; i < nb; i++ {
+			pkg |= int(body[2+i]) << (4 + 8*i)
+		}
+	}
+	if 1+pkg != len(body) || string(body[2+nb:6+nb]) != "_SB_" {
+		t.Errorf("DSDT: Scope %q of PkgLength %d in an AML body of %d bytes", body[2+nb:6+nb], pkg, len(body))
+	}
+	count := func(b []byte) int { return bytes.Count(body, b) }
+	com1 := [][]byte{
+		{0x0c, 0x41, 0xd0, 0x05, 0x01},                      // EisaId ("PNP0501")
+		{0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08},    // IO (Decode16, 0x3f8, 0x3f8, 1, 8)
+		{0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0}, // Interrupt (consumer, edge, high, exclusive) {4}
+	}
+	for _, b := range com1 {
+		if count(b) != 1 {
+			t.Errorf("DSDT: COM1's % x appears %d times", b, count(b))
+		}
+	}
+	if got := count([]byte("LNRO0005\x00")); got != virtio {
+		t.Errorf("DSDT: %d virtio-mmio devices (LNRO0005), want %d", got, virtio)
+	}
+	for i := 0; i < virtio; i++ {
+		base := 0xd0000000 + 0x1000*uint32(i)
+		mem := le.AppendUint32(le.AppendUint32([]byte{0x86, 0x09, 0x00, 0x01}, base), 0x1000)
+		irq := le.AppendUint32([]byte{0x89, 0x06, 0x00, 0x03, 0x01}, uint32(5+i))
+		if count(mem) != 1 || count(irq) != 1 || count([]byte(fmt.Sprintf("V%03d", i))) != 1 {
+			t.Errorf("DSDT: virtio device %d: Memory32Fixed at %#x, interrupt %d, name V%03d: found %d, %d, %d times",
+				i, base, 5+i, i, count(mem), count(irq), count([]byte(fmt.Sprintf("V%03d", i))))
+		}
 	}
 }
 
@@ -271,7 +311,7 @@ func checkMADT(t *testing.T, m sdtable, n int) {
 // TestACPIInReservedE820 reads the e820 map from the zero page: every ACPI
 // structure lies in a reserved (2) or ACPI (3) entry and in no RAM entry.
 func TestACPIInReservedE820(t *testing.T) {
-	mem := bootMemory(t, 2)
+	mem := bootMemory(t, 2, 2)
 	v, err := parseACPI(mem)
 	if err != nil {
 		t.Fatal(err)
@@ -313,7 +353,7 @@ type span struct {
 // builders' results do not depend on the order they run in.
 func TestBootStructuresDisjoint(t *testing.T) {
 	for _, n := range []int{1, 2, MaxVCPUs} {
-		mem := bootMemory(t, n)
+		mem := bootMemory(t, n, maxVirtio)
 		v, err := parseACPI(mem)
 		if err != nil {
 			t.Fatal(err)
@@ -342,7 +382,7 @@ func TestBootStructuresDisjoint(t *testing.T) {
 
 		// The other order: ACPI first, the rest over it.
 		other := make([]byte, len(mem))
-		rsdp, err := WriteACPI(other, n)
+		rsdp, err := WriteACPI(other, n, maxVirtio)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -358,11 +398,16 @@ func TestBootStructuresDisjoint(t *testing.T) {
 func TestACPIRejects(t *testing.T) {
 	mem := make([]byte, 2<<20)
 	for _, n := range []int{0, MaxVCPUs + 1} {
-		if _, err := WriteACPI(mem, n); err == nil {
+		if _, err := WriteACPI(mem, n, 0); err == nil {
 			t.Errorf("%d vCPUs accepted", n)
 		}
 	}
-	if _, err := WriteACPI(mem[:0xe0000], 1); !errors.Is(err, ErrMemory) {
+	for _, v := range []int{-1, maxVirtio + 1} {
+		if _, err := WriteACPI(mem, 1, v); err == nil {
+			t.Errorf("%d virtio devices accepted", v)
+		}
+	}
+	if _, err := WriteACPI(mem[:0xe0000], 1, 0); !errors.Is(err, ErrMemory) {
 		t.Errorf("memory ending below the RSDP: %v", err)
 	}
 }
@@ -377,7 +422,13 @@ func TestACPIWithIASL(t *testing.T) {
 	if err != nil {
 		t.Skip("iasl not installed (Debian package acpica-tools)")
 	}
-	v, err := parseACPI(bootMemory(t, 4))
+	for _, virtio := range []int{0, maxVirtio} {
+		t.Run(fmt.Sprintf("%dvirtio", virtio), func(t *testing.T) { checkWithIASL(t, iasl, bootMemory(t, 4, virtio)) })
+	}
+}
+
+func checkWithIASL(t *testing.T, iasl string, mem []byte) {
+	v, err := parseACPI(mem)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -94,3 +94,10 @@ const (
 const (
 	IRQCOM1 = 4
 )
+
+// VirtioSlot returns where virtio-mmio device i lives: its registers'
+// guest address and its interrupt (GSI). The command line and the DSDT
+// both describe devices by it.
+func VirtioSlot(i int) (base uint64, irq uint32) {
+	return VirtioMMIOBase + uint64(i)*VirtioMMIOSize, uint32(VirtioIRQBase + i)
+}

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v python3 >/dev/null || need+=(python3)
+command -v iasl >/dev/null || need+=(acpica-tools) # vmm/arch: ACPI tables checked with iasl
 if ((${#need[@]})); then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 		echo "test.sh: installing ${need[*]}"

@@ -15,16 +15,18 @@ import (
 
 // TestStockKernelBootPath boots Debian's current cloud kernel (a stock
 // bzImage, fetched with apt-get download by scripts/fetch-kernel.sh) through
-// our loader, zero page, e820 map and cmdline.
+// our loader, zero page, e820 map, cmdline and ACPI tables, with 2 vCPUs.
 //
 // Under KVM's instruction emulator (PVM hosts, like this project's machines)
 // a stock kernel runs at ~2 M instructions/s and dies at FPU initialisation
 // after a few minutes; the test asserts what the kernel prints before that
 // — its own "Command line:" echoing ours, "BIOS-e820:" lines matching our
-// map, "Hypervisor detected: KVM" — and then our clear emulation-failure
-// error. On hardware KVM the same kernel gets much further: with no root
-// file system it panics ("VFS: Unable to mount root fs"), reboots (panic=1)
-// and the VM exits cleanly; the test accepts that and says so.
+// map, "Hypervisor detected: KVM", our RSDP and the MADT's 2 CPUs (this
+// kernel has no MP-table parser) — and then our clear emulation-failure
+// error. On hardware KVM the same kernel gets much further: it brings up
+// both CPUs, with no root file system it panics ("VFS: Unable to mount
+// root fs"), reboots (panic=1) and the VM exits cleanly; the test accepts
+// that and says so.
 func TestStockKernelBootPath(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a stock kernel for minutes under emulation; not in -short")
@@ -36,10 +38,10 @@ func TestStockKernelBootPath(t *testing.T) {
 	}
 	kernel := strings.TrimSpace(string(out))
 
-	const memMiB = 256
+	const memMiB, vcpus = 256, 2
 	cmdline := "console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=1 pci=off snapfaas.smoke=1"
 	var console syncBuf
-	vm, err := New(Config{Kernel: kernel, Cmdline: cmdline, MemMiB: memMiB, Console: &console, HideEmulatorUnsafe: true})
+	vm, err := New(Config{Kernel: kernel, Cmdline: cmdline, MemMiB: memMiB, VCPUs: vcpus, Console: &console, HideEmulatorUnsafe: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,6 +66,9 @@ func TestStockKernelBootPath(t *testing.T) {
 	}
 	var want []string
 	for _, e := range arch.E820Map(memMiB << 20) {
+		if e.Type != arch.E820RAM {
+			continue
+		}
 		want = append(want, fmt.Sprintf("%#016x-%#016x", e.Addr, e.Addr+e.Size-1))
 	}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
@@ -71,6 +76,16 @@ func TestStockKernelBootPath(t *testing.T) {
 	}
 	if !strings.Contains(log, "Hypervisor detected: KVM") {
 		t.Error(`no "Hypervisor detected: KVM"`)
+	}
+	// ACPI: the kernel finds our RSDP and takes the vCPUs from the MADT.
+	for _, want := range []string{
+		fmt.Sprintf("ACPI: RSDP 0x%016X", arch.RSDPStart),
+		"ACPI: Using ACPI (MADT) for SMP configuration information",
+		fmt.Sprintf("smpboot: Allowing %d CPUs, 0 hotplug CPUs", vcpus),
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("no %q; output:\n%s", want, tail(log, 30))
+		}
 	}
 
 	var ee *ExitError
@@ -86,6 +101,9 @@ func TestStockKernelBootPath(t *testing.T) {
 		// Hardware KVM: the kernel got past FPU init to the root mount.
 		if !strings.Contains(log, "Unable to mount root fs") && !strings.Contains(log, "Kernel panic") {
 			t.Errorf("clean exit without reaching the root mount; output:\n%s", tail(log, 30))
+		}
+		if want := fmt.Sprintf("smp: Brought up 1 node, %d CPUs", vcpus); !strings.Contains(log, want) {
+			t.Errorf("no %q: the application processors did not come up", want)
 		}
 		t.Log("hardware KVM: the stock kernel booted to the root mount and rebooted cleanly")
 	default:

@@ -173,10 +173,15 @@ func New(cfg Config) (_ *VM, err error) {
 			return nil, err
 		}
 	}
-	if err := arch.WriteZeroPage(vm.mem, bp); err != nil {
+	// Both descriptions of the vCPUs and interrupt controllers: the MP
+	// table for kernels that parse it, ACPI for those built without.
+	if err := arch.WriteMPTable(vm.mem, vm.cfg.VCPUs); err != nil {
 		return nil, err
 	}
-	if err := arch.WriteMPTable(vm.mem, vm.cfg.VCPUs); err != nil {
+	if bp.RSDPAddr, err = arch.WriteACPI(vm.mem, vm.cfg.VCPUs, len(vm.transports)); err != nil {
+		return nil, err
+	}
+	if err := arch.WriteZeroPage(vm.mem, bp); err != nil {
 		return nil, err
 	}
 	entry, err := arch.SetupLongMode(vm.mem, k.Entry)
@@ -322,11 +327,10 @@ func (g guestMemory) Slice(addr uint64, n int) ([]byte, error) {
 }
 
 // addVirtio puts a device behind a virtio-mmio transport at the next slot
-// and announces it on the command line.
+// and announces it on the command line (the DSDT describes it too, from
+// the same arch.VirtioSlot).
 func (vm *VM) addVirtio(dev virtio.Device) error {
-	i := len(vm.virtio)
-	base := uint64(arch.VirtioMMIOBase + i*arch.VirtioMMIOSize)
-	irq := uint32(arch.VirtioIRQBase + i)
+	base, irq := arch.VirtioSlot(len(vm.virtio))
 	if irq > arch.IRQMax {
 		return fmt.Errorf("too many virtio devices: %w", ErrConfig)
 	}

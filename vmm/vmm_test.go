@@ -214,3 +214,47 @@ func TestConfigErrors(t *testing.T) {
 		t.Fatalf("not a kernel: %v", err)
 	}
 }
+
+// TestApplicationProcessorStartsOnSIPI: vCPU 0 copies a real-mode
+// trampoline to 0x10000 and starts vCPU 1 there with INIT and a startup
+// IPI (vector 0x10), as Linux brings up the CPUs the MADT lists; vCPU 1
+// prints and resets. KVM_RUN on an AP waiting for SIPI returns EAGAIN once
+// the SIPI arrives; the VMM has to enter again, not fail.
+func TestApplicationProcessorStartsOnSIPI(t *testing.T) {
+	skipWithoutKVM(t)
+	guest := asmGuest(t, `
+	lea ap(%rip), %rsi
+	mov $0x10000, %edi
+	mov $(apend-ap), %ecx
+	rep movsb
+	mov $0x1b, %ecx          # IA32_APIC_BASE: x2APIC mode
+	rdmsr
+	or $0xc00, %eax
+	wrmsr
+	mov $0x830, %ecx         # x2APIC ICR, destination APIC id 1
+	mov $1, %edx
+	mov $0x4500, %eax        # INIT
+	wrmsr
+	mov $0x4610, %eax        # startup IPI, vector 0x10: 0x1000:0000
+	wrmsr
+1:	jmp 1b
+	.code16
+ap:	mov $0x3f8, %dx
+	mov $'A', %al
+	outb %al, %dx
+	mov $'P', %al
+	outb %al, %dx
+	mov $'\n', %al
+	outb %al, %dx
+	mov $0x64, %dx
+	mov $0xfe, %al
+	outb %al, %dx
+2:	jmp 2b
+apend:
+	.code64
+`)
+	out, _, err := runGuest(t, Config{Kernel: guest, MemMiB: 32, VCPUs: 2})
+	if err != nil || out != "AP\n" {
+		t.Fatalf("console %q, VM ended with %v", out, err)
+	}
+}

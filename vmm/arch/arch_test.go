@@ -15,12 +15,12 @@ var le = binary.LittleEndian
 
 func TestE820(t *testing.T) {
 	m := E820Map(128 << 20)
-	want := []E820Entry{{0, 0x9fc00, E820RAM}, {0x100000, 128<<20 - 0x100000, E820RAM}}
-	if len(m) != 2 || m[0] != want[0] || m[1] != want[1] {
+	want := []E820Entry{{0, 0x9fc00, E820RAM}, {0x9fc00, 0x100000 - 0x9fc00, E820Reserved}, {0x100000, 128<<20 - 0x100000, E820RAM}}
+	if len(m) != 3 || m[0] != want[0] || m[1] != want[1] || m[2] != want[2] {
 		t.Fatalf("128 MiB: %+v", m)
 	}
 	m = E820Map(4 << 30)
-	if len(m) != 3 || m[1].Addr+m[1].Size != MMIOGapStart || m[2].Addr != 1<<32 || m[2].Size != 4<<30-MMIOGapStart {
+	if len(m) != 4 || m[2].Addr+m[2].Size != MMIOGapStart || m[3].Addr != 1<<32 || m[3].Size != 4<<30-MMIOGapStart {
 		t.Fatalf("4 GiB: %+v", m)
 	}
 	regs := RAMRegions(4 << 30)
@@ -32,7 +32,7 @@ func TestE820(t *testing.T) {
 func TestZeroPage(t *testing.T) {
 	mem := make([]byte, 64<<20)
 	cmd := "console=ttyS0 reboot=k panic=1 virtio_mmio.device=4K@0xd0000000:5"
-	if err := WriteZeroPage(mem, BootParams{Cmdline: cmd, MemSize: uint64(len(mem))}); err != nil {
+	if err := WriteZeroPage(mem, BootParams{Cmdline: cmd, MemSize: uint64(len(mem)), RSDPAddr: 0xe0000}); err != nil {
 		t.Fatal(err)
 	}
 	zp := mem[ZeroPageStart:]
@@ -46,10 +46,13 @@ func TestZeroPage(t *testing.T) {
 		{"loadflags LOADED_HIGH", uint64(zp[0x211] & 1), 1},
 		{"cmd_line_ptr", uint64(le.Uint32(zp[0x228:])), CmdlineStart},
 		{"cmdline_size", uint64(le.Uint32(zp[0x238:])), uint64(len(cmd))},
-		{"e820_entries", uint64(zp[0x1e8]), 2},
-		{"e820[1].addr", le.Uint64(zp[0x2d0+20:]), 0x100000},
-		{"e820[1].size", le.Uint64(zp[0x2d0+28:]), uint64(len(mem)) - 0x100000},
-		{"e820[1].type", uint64(le.Uint32(zp[0x2d0+36:])), E820RAM},
+		{"e820_entries", uint64(zp[0x1e8]), 3},
+		{"e820[1].addr", le.Uint64(zp[0x2d0+20:]), 0x9fc00},
+		{"e820[1].type", uint64(le.Uint32(zp[0x2d0+36:])), E820Reserved},
+		{"e820[2].addr", le.Uint64(zp[0x2d0+40:]), 0x100000},
+		{"e820[2].size", le.Uint64(zp[0x2d0+48:]), uint64(len(mem)) - 0x100000},
+		{"e820[2].type", uint64(le.Uint32(zp[0x2d0+56:])), E820RAM},
+		{"acpi_rsdp_addr", le.Uint64(zp[0x070:]), 0xe0000},
 	}
 	for _, c := range checks {
 		if c.got != c.want {

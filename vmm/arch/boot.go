@@ -13,6 +13,7 @@ var ErrMemory = errors.New("guest memory too small")
 const (
 	E820RAM      = 1
 	E820Reserved = 2
+	E820ACPI     = 3 // ACPI tables, reclaimable once parsed
 )
 
 // E820Entry is one entry of the BIOS memory map.
@@ -22,11 +23,12 @@ type E820Entry struct {
 }
 
 // E820Map returns the memory map for memSize bytes of RAM: low memory up
-// to the EBDA, then RAM from 1 MiB, split around the MMIO gap when memory
-// reaches it. Guest memory is one contiguous host mapping; RAM that would
-// fall in the gap is placed above 4 GiB.
+// to the EBDA; the EBDA and the BIOS area up to 1 MiB reserved (MP table,
+// ACPI tables, RSDP); then RAM from 1 MiB, split around the MMIO gap when
+// memory reaches it. Guest memory is one contiguous host mapping; RAM that
+// would fall in the gap is placed above 4 GiB.
 func E820Map(memSize uint64) []E820Entry {
-	m := []E820Entry{{0, EBDAStart, E820RAM}}
+	m := []E820Entry{{0, EBDAStart, E820RAM}, {EBDAStart, HighMemStart - EBDAStart, E820Reserved}}
 	switch {
 	case memSize <= MMIOGapStart:
 		m = append(m, E820Entry{HighMemStart, memSize - HighMemStart, E820RAM})
@@ -55,6 +57,7 @@ func RAMRegions(memSize uint64) []RAMRegion {
 // Zero-page (struct boot_params) offsets, from
 // arch/x86/include/uapi/asm/bootparam.h.
 const (
+	bpACPIRSDPAddr  = 0x070 // acpi_rsdp_addr (boot protocol 2.14)
 	bpExtCmdlinePtr = 0x0c8 // ext_cmd_line_ptr (0x0c0/0x0c4: ext_ramdisk_image/size, left 0)
 	bpE820Entries   = 0x1e8
 	bpHdr           = 0x1f1 // struct setup_header starts here
@@ -101,6 +104,9 @@ type BootParams struct {
 	MemSize     uint64
 	InitrdAddr  uint32
 	InitrdSize  uint32
+	// RSDPAddr is the ACPI RSDP's guest address (WriteACPI), 0 for none;
+	// the kernel uses it before scanning the BIOS area.
+	RSDPAddr uint64
 }
 
 // WriteZeroPage writes boot_params, the command line and the e820 map into
@@ -131,6 +137,7 @@ func WriteZeroPage(mem []byte, p BootParams) error {
 	le.PutUint32(zp[bpCmdlineSize:], uint32(len(p.Cmdline)))
 	le.PutUint32(zp[bpRamdiskImage:], p.InitrdAddr)
 	le.PutUint32(zp[bpRamdiskSize:], p.InitrdSize)
+	le.PutUint64(zp[bpACPIRSDPAddr:], p.RSDPAddr)
 
 	cl := mem[CmdlineStart : CmdlineStart+CmdlineMax]
 	clear(cl)

@@ -2,7 +2,8 @@
 // writes into guest memory to start a kernel through Linux's 64-bit boot
 // protocol (Documentation/arch/x86/boot.rst): the zero page (boot_params)
 // with its e820 map and command line, identity-mapped page tables, a GDT,
-// the MP table for more than one vCPU, and the register state at entry.
+// the MP table and the ACPI tables that describe the vCPUs and interrupt
+// controllers, and the register state at entry.
 //
 // Every guest address lives in this file. The builders write into a plain
 // []byte that is guest memory (offset = guest physical address) and return
@@ -29,9 +30,21 @@ const (
 	// CmdlineMax is the longest command line accepted (with its NUL).
 	CmdlineMax = 4096
 	// EBDAStart is the start of the extended BIOS data area; RAM below 1
-	// MiB ends here. The MP table lives at its start.
+	// MiB ends here. The MP table lives at its start. From here to
+	// HighMemStart the e820 map says reserved: the system data below
+	// (MP table, ACPI tables, RSDP) lives there and the kernel never uses
+	// it as RAM.
 	EBDAStart    = 0x9fc00
 	MPTableStart = EBDAStart
+	// ACPITablesStart..+ACPITablesSize holds the ACPI tables the RSDP
+	// leads to (DSDT, FADT, MADT, XSDT), right after the EBDA, as in
+	// Firecracker's layout.rs.
+	ACPITablesStart = 0xa0000
+	ACPITablesSize  = 0x2000
+	// RSDPStart is the ACPI Root System Description Pointer: in the BIOS
+	// area 0xe0000-0xfffff that Linux scans on 16-byte boundaries (and
+	// also handed over in boot_params.acpi_rsdp_addr).
+	RSDPStart = 0xe0000
 	// HighMemStart is where RAM above the legacy hole begins; a bzImage's
 	// protected-mode kernel is loaded here.
 	HighMemStart = 0x100000
@@ -81,3 +94,10 @@ const (
 const (
 	IRQCOM1 = 4
 )
+
+// VirtioSlot returns where virtio-mmio device i lives: its registers'
+// guest address and its interrupt (GSI). The command line and the DSDT
+// both describe devices by it.
+func VirtioSlot(i int) (base uint64, irq uint32) {
+	return VirtioMMIOBase + uint64(i)*VirtioMMIOSize, uint32(VirtioIRQBase + i)
+}

@@ -5,8 +5,8 @@ import (
 	"fmt"
 )
 
-// MaxVCPUs is the most vCPUs the MP table (in the 1 KiB of EBDA) and the
-// layout support.
+// MaxVCPUs is the most vCPUs the MP table (in the 1 KiB of EBDA), the
+// ACPI tables and the layout support.
 const MaxVCPUs = 32
 
 // MP table constants (Intel MultiProcessor Specification 1.4).
@@ -96,10 +96,9 @@ func WriteMPTable(mem []byte, n int) error {
 	copy(bus[2:], "ISA   ")
 	e, count = e[mpBusSize:], count+1
 
-	ioapicID := byte(n)
 	io := e[:mpIOAPICSize]
 	io[0] = mpEntryIOAPIC
-	io[1] = ioapicID
+	io[1] = ioapicID(n)
 	io[2] = ioapicVer
 	io[3] = 1 // enabled
 	le.PutUint32(io[4:], IOAPICStart)
@@ -111,7 +110,7 @@ func WriteMPTable(mem []byte, n int) error {
 		it[1] = mpIntINT
 		it[4] = 0 // source bus: ISA
 		it[5] = byte(irq)
-		it[6] = ioapicID
+		it[6] = ioapicID(n)
 		it[7] = byte(irq)
 		e, count = e[mpIntSize:], count+1
 	}

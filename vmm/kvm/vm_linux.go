@@ -368,14 +368,17 @@ func (vm *VM) PIT2() (PIT2, error) {
 func (vm *VM) SetPIT2(p PIT2) error { return wrap("KVM_SET_PIT2", ioctlPtr(vm.fd, kvmSetPIT2, &p)) }
 
 // Run enters the guest until the next exit and returns the exit reason.
-// EINTR (a signal, or immediate exit) returns ExitIntr.
+// EINTR (a signal, or immediate exit) returns ExitIntr, and so does EAGAIN:
+// an application processor waiting for INIT/SIPI (KVM_MP_STATE_UNINITIALIZED)
+// blocks in KVM_RUN until an event arrives, then returns EAGAIN, and the
+// caller must simply enter again (as Firecracker does) to run it.
 func (c *VCPU) Run() (int, error) {
 	if c.tid.Load() == 0 {
 		runtime.LockOSThread()
 		c.tid.Store(int32(unix.Gettid()))
 	}
 	_, err := ioctl(c.fd, kvmRun, 0)
-	if errors.Is(err, syscall.EINTR) {
+	if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.EAGAIN) {
 		return ExitIntr, nil
 	}
 	if err != nil {

@@ -139,12 +139,12 @@ func (vm *VM) SaveState() (*State, error) {
 
 // Memory gives a VM being restored its guest memory: Restore calls it on
 // the new VM before it restores any vCPU, device or VM state. That order
-// is the rule for lazy restores: restoring state makes KVM itself write
-// guest memory (on hardware KVM, setting the kvmclock, steal-time and
-// PV-EOI MSRs has KVM write those pages, at once or a little later from
-// its own threads), and every such write must land on the snapshot's page
-// served by the page server, not on a fresh zero page that would then
-// shadow it. A nil Memory leaves guest memory zero.
+// is the rule for lazy restores: restoring state can make KVM itself write
+// guest memory (seen on hardware KVM; the paravirtual MSRs such as
+// kvmclock and steal time point KVM at guest pages), and every such write
+// must land on the snapshot's page served by the page server, not on a
+// fresh zero page that would then shadow it. A nil Memory leaves guest
+// memory zero.
 type Memory func(vm *VM) error
 
 // Fill is a Memory that copies guest memory in with fill (an eager

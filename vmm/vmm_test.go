@@ -1,9 +1,12 @@
 package vmm
 
 import (
+	"bytes"
 	"context"
 	"debug/elf"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"github.com/snapfaas/snapfaas/internal/testutil"
 	"os"
 	"os/exec"
@@ -12,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snapfaas/snapfaas/vmm/arch"
 	"github.com/snapfaas/snapfaas/vmm/kvm"
 )
 
@@ -256,5 +260,43 @@ apend:
 	out, _, err := runGuest(t, Config{Kernel: guest, MemMiB: 32, VCPUs: 2})
 	if err != nil || out != "AP\n" {
 		t.Fatalf("console %q, VM ended with %v", out, err)
+	}
+}
+
+// TestACPIDescribesTheVirtioDevices: the DSDT New writes lists each
+// virtio-mmio device of the command line (LNRO0005 with its registers and
+// interrupt), so a kernel on ACPI gets their interrupts mapped.
+func TestACPIDescribesTheVirtioDevices(t *testing.T) {
+	skipWithoutKVM(t)
+	dir := t.TempDir()
+	var disks []Disk
+	for _, name := range []string{"a", "b"} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, make([]byte, 4096), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		disks = append(disks, Disk{Path: p, ReadOnly: true})
+	}
+	vm, err := New(Config{Kernel: asmGuest(t, printAndReset), MemMiB: 32, VCPUs: 2, Disks: disks,
+		Vsock: &Vsock{CID: 3, Path: filepath.Join(dir, "v.sock")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	acpi := vm.Memory()[arch.ACPITablesStart : arch.ACPITablesStart+arch.ACPITablesSize]
+	cmdline := vm.cmdline()
+	if n, want := bytes.Count(acpi, []byte("LNRO0005\x00")), strings.Count(cmdline, "virtio_mmio.device="); n != want || want != 3 {
+		t.Fatalf("DSDT lists %d virtio devices, the command line %d (%q)", n, want, cmdline)
+	}
+	for i := 0; i < 3; i++ {
+		base, irq := arch.VirtioSlot(i)
+		if !strings.Contains(cmdline, fmt.Sprintf("4K@%#x:%d", base, irq)) {
+			t.Errorf("command line %q lacks device %d at %#x, IRQ %d", cmdline, i, base, irq)
+		}
+		mem := binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32([]byte{0x86, 9, 0, 1}, uint32(base)), 0x1000)
+		intr := binary.LittleEndian.AppendUint32([]byte{0x89, 6, 0, 3, 1}, irq)
+		if !bytes.Contains(acpi, mem) || !bytes.Contains(acpi, intr) {
+			t.Errorf("DSDT lacks device %d's Memory32Fixed at %#x or its interrupt %d", i, base, irq)
+		}
 	}
 }

@@ -26,6 +26,7 @@ package realkvm
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -33,6 +34,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -182,26 +184,60 @@ func runInL1() (results, error) {
 		defer mu.Unlock()
 		return out.Write(p)
 	})
-	name := fmt.Sprintf("realkvm-%d", os.Getpid())
-	logf("running %s's Linux tests in L1 (QEMU -name %s)", filepath.Base(self), name)
-	ctx, cancel := context.WithTimeout(context.Background(), l1Timeout+5*time.Minute)
-	defer cancel()
-	res, err := nestedkvm.Run(ctx, nestedkvm.Config{
-		QEMU: tools.QEMU, Kernel: kernel.Vmlinuz(), Initrd: initrd,
-		MemMiB: 2048, CPUs: 2, CPU: "EPYC", Name: name,
-		Checkout: checkout, Workdir: wd, Path: os.Getenv("PATH"),
-		Command: command, Stdout: w, Stderr: w,
-	})
-	mu.Lock()
-	all := out.String()
-	mu.Unlock()
-	logf("%s", res.Times)
+	// One L1 at a time on this machine (test binaries run in parallel):
+	// several QEMUs under TCG on few cores starve each other.
+	unlock, err := lockL1(filepath.Join(cache, "snapfaas", "nested-kvm", "realkvm.lock"), logf)
 	if err != nil {
-		return results{}, fmt.Errorf("%w; output:\n%s", err, tail(all, 40))
+		return results{}, err
 	}
-	r := parse(all)
-	r.times = res.Times.String()
-	return r, nil
+	defer unlock()
+	var retried string
+	for attempt := 1; ; attempt++ {
+		name := fmt.Sprintf("realkvm-%d-%d", os.Getpid(), attempt)
+		logf("running %s's Linux tests in L1 (QEMU -name %s)", filepath.Base(self), name)
+		ctx, cancel := context.WithTimeout(context.Background(), l1Timeout+5*time.Minute)
+		out.Reset()
+		res, err := nestedkvm.Run(ctx, nestedkvm.Config{
+			QEMU: tools.QEMU, Kernel: kernel.Vmlinuz(), Initrd: initrd,
+			MemMiB: 2048, CPUs: 2, CPU: "EPYC", Name: name,
+			Checkout: checkout, Workdir: wd, Path: os.Getenv("PATH"),
+			Command: command, Stdout: w, Stderr: w,
+		})
+		cancel()
+		mu.Lock()
+		all := out.String()
+		mu.Unlock()
+		logf("%s", res.Times)
+		// L1 itself dying (its kernel under QEMU TCG, not the tests) is
+		// retried once, and said so; anything else is the answer.
+		if errors.Is(err, nestedkvm.ErrL1) && attempt == 1 {
+			retried = fmt.Sprintf("; the first L1 died and was retried: %v", err)
+			logf("L1 died (%v); retrying once", err)
+			continue
+		}
+		if err != nil {
+			return results{}, fmt.Errorf("%w%s; output:\n%s", err, retried, tail(all, 40))
+		}
+		r := parse(all)
+		r.times = res.Times.String() + retried
+		return r, nil
+	}
+}
+
+// lockL1 takes an exclusive flock on path, saying so if it has to wait.
+func lockL1(path string, logf func(string, ...any)) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+		logf("waiting for another test binary's L1 to finish (%s)", path)
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+	}
+	return func() { f.Close() }, nil
 }
 
 type writerFunc func([]byte) (int, error)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/snapfaas/snapfaas/internal/testutil"
 	"io"
 	"log/slog"
 	"net"
@@ -196,7 +197,7 @@ func TestTestGuestFaultsAreReported(t *testing.T) {
 			}
 		case emulating:
 			// KVM's emulator cannot run the SSE instruction at fault_sse.
-			want := elfSymbol(t, elf, "fault_sse")
+			want := testutil.ELFSymbol(t, elf, "fault_sse")
 			if !errors.Is(err, ErrEmulation) || !errors.As(err, &ee) || ee.Regs.RIP != want {
 				t.Fatalf("fault=sse: got %v; want an *ExitError for ErrEmulation at fault_sse (%#x)\n%s", err, want, out)
 			}

@@ -3,7 +3,6 @@ package vmm
 import (
 	"bytes"
 	"context"
-	"debug/elf"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -148,7 +147,7 @@ idtr: .word 0
 		t.Fatalf("got %v; want an *ExitError", err)
 	}
 	if emulatingKVM(t) {
-		if sse := elfSymbol(t, guest, "sse"); !errors.Is(err, ErrEmulation) || ee.Regs.RIP != sse {
+		if sse := testutil.ELFSymbol(t, guest, "sse"); !errors.Is(err, ErrEmulation) || ee.Regs.RIP != sse {
 			t.Fatalf("got %v; want ErrEmulation at the pxor (%#x)", err, sse)
 		}
 	} else if !errors.Is(err, ErrTripleFault) {
@@ -183,27 +182,6 @@ func emulatingKVM(t *testing.T) bool {
 		t.Fatal(err)
 	}
 	return len(es) == 1 && es[0].Data == pvm
-}
-
-// elfSymbol returns the address of symbol name in the ELF file at path.
-func elfSymbol(t *testing.T, path, name string) uint64 {
-	t.Helper()
-	f, err := elf.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	syms, err := f.Symbols()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range syms {
-		if s.Name == name {
-			return s.Value
-		}
-	}
-	t.Fatalf("%s: no symbol %s", path, name)
-	return 0
 }
 
 func TestConfigErrors(t *testing.T) {

@@ -11,11 +11,11 @@ package testguest
 // opened; any later KVM failure fails the test.
 
 import (
-	"debug/elf"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/snapfaas/snapfaas/internal/testutil"
 	"os"
 	"runtime"
 	"strings"
@@ -369,25 +369,6 @@ func TestKVMBootLinux64(t *testing.T) {
 	}
 }
 
-func symbol(t *testing.T, elfPath, name string) uint64 {
-	f, err := elf.Open(elfPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	syms, err := f.Symbols()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range syms {
-		if s.Name == name {
-			return s.Value
-		}
-	}
-	t.Fatalf("no symbol %s", name)
-	return 0
-}
-
 func TestKVMFaults(t *testing.T) {
 	elfPath := guestELF(t)
 	v := newKVM(t, 64<<20)
@@ -404,7 +385,7 @@ func TestKVMFaults(t *testing.T) {
 			t.Errorf("sse: exception %q", c.Exception)
 		}
 	case "emulation-failure":
-		if want := symbol(t, elfPath, "fault_sse"); res.rip != want {
+		if want := testutil.ELFSymbol(t, elfPath, "fault_sse"); res.rip != want {
 			t.Errorf("sse: emulation failure at %#x, fault_sse is %#x", res.rip, want)
 		}
 	default:

@@ -197,9 +197,13 @@ func runInL1() (results, error) {
 		logf("running %s's Linux tests in L1 (QEMU -name %s)", filepath.Base(self), name)
 		ctx, cancel := context.WithTimeout(context.Background(), l1Timeout+5*time.Minute)
 		out.Reset()
+		// 4 GiB: with 2 GiB a -race test binary holding copies of
+		// 256 MiB guest memory, with its stores on L1's tmpfs, was
+		// killed (SIGKILL; most likely the OOM killer) in its 2-vCPU
+		// snapshot test.
 		res, err := nestedkvm.Run(ctx, nestedkvm.Config{
 			QEMU: tools.QEMU, Kernel: kernel.Vmlinuz(), Initrd: initrd,
-			MemMiB: 2048, CPUs: 2, CPU: "EPYC", Name: name,
+			MemMiB: 4096, CPUs: 2, CPU: "EPYC", Name: name,
 			Checkout: checkout, Workdir: wd, Path: os.Getenv("PATH"),
 			Command: command, Stdout: w, Stderr: w,
 		})

@@ -1,10 +1,12 @@
 // Package testutil holds helpers that the tests of several packages share.
-// Only _test.go files import it.
+// Only _test.go files import it (it imports testing).
 package testutil
 
 import (
 	"bytes"
+	"debug/elf"
 	"sync"
+	"testing"
 )
 
 // Buffer collects output a test reads while it is still being written: a
@@ -48,4 +50,26 @@ func (s *Buffer) ch() chan struct{} {
 		s.written = make(chan struct{}, 1)
 	}
 	return s.written
+}
+
+// ELFSymbol returns the address of symbol name in the ELF file at path
+// (a test guest's), failing t if there is none.
+func ELFSymbol(t testing.TB, path, name string) uint64 {
+	t.Helper()
+	f, err := elf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	syms, err := f.Symbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range syms {
+		if s.Name == name {
+			return s.Value
+		}
+	}
+	t.Fatalf("%s: no symbol %s", path, name)
+	return 0
 }

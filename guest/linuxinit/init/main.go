@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,19 +26,46 @@ func outb(port uint16, v uint8)
 
 const portSnapshot = 0x3f0
 
+// drain waits until the console has sent what init wrote (tcdrain): the
+// UART sends from its interrupt, possibly on another CPU, and a VM paused
+// or reset right after a write must not lose the line. It gives up after
+// 2 s rather than hang if the UART's interrupt is lost.
+func drain() {
+	done := make(chan struct{})
+	go func() {
+		_ = unix.IoctlSetInt(1, unix.TCSBRK, 1)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		fmt.Println("linuxinit: console drain timed out")
+	}
+}
+
+// snapshotPoint prints the marker and writes 123 (boot done) and 124
+// (snapshot now) to the snapshot port; a restored VM resumes after it.
+func snapshotPoint() {
+	// ioperm is per thread: write from the thread that got it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := syscall.Ioperm(portSnapshot, 1, 1); err != nil {
+		fmt.Println("linuxinit: ioperm:", err)
+		return
+	}
+	fmt.Println("linuxinit: snapshot point")
+	drain()
+	outb(portSnapshot, 123)
+	outb(portSnapshot, 124)
+}
+
 func main() {
 	fmt.Println("linuxinit: up")
 	buf := make([]byte, 8<<20)
 	for i := range buf {
 		buf[i] = byte(i*7 + i>>12)
 	}
-	if err := syscall.Ioperm(portSnapshot, 1, 1); err != nil {
-		fmt.Println("linuxinit: ioperm:", err)
-	} else {
-		fmt.Println("linuxinit: snapshot point")
-		outb(portSnapshot, 123)
-		outb(portSnapshot, 124)
-	}
+	snapshotPoint()
 	// Every online CPU checks the 8 MiB (in a restored VM: every restored
 	// vCPU runs, and sees the snapshot's memory).
 	var online unix.CPUSet
@@ -68,6 +96,7 @@ func main() {
 		}()
 	}
 	wg.Wait()
+	drain()
 	syscall.Sync()
 	if err := syscall.Reboot(syscall.LINUX_REBOOT_CMD_RESTART); err != nil {
 		fmt.Println("linuxinit: reboot:", err)

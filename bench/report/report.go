@@ -283,26 +283,10 @@ func Check(measured, ok bool) Verdict {
 }
 
 // AtLeast judges the target x ≥ min.
-func AtLeast(x, min float64) Verdict {
-	switch {
-	case !measured(x):
-		return NotMeasured
-	case x >= min:
-		return Met
-	}
-	return NotMet
-}
+func AtLeast(x, min float64) Verdict { return Check(measured(x), x >= min) }
 
 // AtMost judges the target x ≤ max.
-func AtMost(x, max float64) Verdict {
-	switch {
-	case !measured(x):
-		return NotMeasured
-	case x <= max:
-		return Met
-	}
-	return NotMet
-}
+func AtMost(x, max float64) Verdict { return Check(measured(x), x <= max) }
 
 // All combines the verdicts of one target judged in several cases: NOT
 // met if any case is, otherwise not measured if any case is or there is

@@ -34,16 +34,6 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool,
 	}
 }
 
-// sidecarPid is the pid the store's LOCK file names (0 if none).
-func sidecarPid(store string) int {
-	b, err := os.ReadFile(filepath.Join(store, "LOCK"))
-	var pid int
-	if err == nil {
-		fmt.Sscanf(string(b), "pid %d", &pid)
-	}
-	return pid
-}
-
 // stopSidecarAtCleanup stops, when the test ends, the sidecar that
 // `snapfaas run` left running for store (it runs on as a daemon).
 func stopSidecarAtCleanup(t *testing.T, store string) {

@@ -67,16 +67,23 @@ func (l *lab) startSidecar() error {
 	return err
 }
 
-func (l *lab) stopSidecar() {
-	b, err := os.ReadFile(filepath.Join(l.store, "LOCK"))
+// sidecarPid is the pid of the sidecar (`snapstore serve`) holding store,
+// from its LOCK file; 0 if none.
+func sidecarPid(store string) int {
+	b, err := os.ReadFile(filepath.Join(store, "LOCK"))
 	if err != nil {
-		return
+		return 0
 	}
 	var pid int
 	if _, err := fmt.Sscanf(string(b), "pid %d", &pid); err != nil || pid <= 0 || !strings.Contains(string(b), "serve") {
-		return
+		return 0
 	}
-	if syscall.Kill(pid, syscall.SIGTERM) != nil {
+	return pid
+}
+
+func (l *lab) stopSidecar() {
+	pid := sidecarPid(l.store)
+	if pid == 0 || syscall.Kill(pid, syscall.SIGTERM) != nil {
 		return
 	}
 	for i := 0; i < 200 && syscall.Kill(pid, 0) == nil; i++ {

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/snapfaas/snapfaas/vmm/kvm"
 	"os"
 	"path/filepath"
 	"slices"
@@ -356,12 +357,9 @@ func restoreResults(b *strings.Builder, results [][]runStats) {
 // (sysModule is /sys/module): PVM (kvm_pvm, software virtualization)
 // or hardware virtualization (kvm_intel, kvm_amd).
 func kvmKind(sysModule string) string {
-	for _, k := range []struct{ mod, kind string }{
-		{"kvm_pvm", "PVM"}, {"kvm_intel", "hardware (Intel VT-x)"}, {"kvm_amd", "hardware (AMD-V)"},
-	} {
-		if _, err := os.Stat(filepath.Join(sysModule, k.mod)); err == nil {
-			return fmt.Sprintf("%s (%s present)", k.kind, filepath.Join(sysModule, k.mod))
-		}
+	kinds := map[string]string{"kvm_pvm": "PVM", "kvm_intel": "hardware (Intel VT-x)", "kvm_amd": "hardware (AMD-V)"}
+	if m := kvm.HostModule(sysModule); m != "" {
+		return fmt.Sprintf("%s (%s present)", kinds[m], filepath.Join(sysModule, m))
 	}
 	return fmt.Sprintf("not identified (none of kvm_pvm, kvm_intel, kvm_amd in %s)", sysModule)
 }

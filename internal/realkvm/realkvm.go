@@ -39,21 +39,13 @@ import (
 	"time"
 
 	"github.com/snapfaas/snapfaas/internal/nestedkvm"
+	"github.com/snapfaas/snapfaas/vmm/kvm"
 )
 
 // Kind describes the host's KVM from /sys/module: "kvm_pvm", "kvm_amd",
 // "kvm_intel", or "" when no KVM module is loaded.
 func Kind() string {
-	return kindIn("/sys/module")
-}
-
-func kindIn(sysModule string) string {
-	for _, m := range []string{"kvm_pvm", "kvm_amd", "kvm_intel"} {
-		if _, err := os.Stat(filepath.Join(sysModule, m)); err == nil {
-			return m
-		}
-	}
-	return ""
+	return kvm.HostModule("/sys/module")
 }
 
 // logEnv names the file outcomes on real KVM are appended to.

@@ -1,13 +1,14 @@
 package realkvm
 
 import (
+	"github.com/snapfaas/snapfaas/vmm/kvm"
 	"strings"
 	"testing"
 )
 
 func TestKind(t *testing.T) {
 	for dir, want := range map[string]string{"pvm": "kvm_pvm", "amd": "kvm_amd", "none": "", "missing": ""} {
-		if got := kindIn("testdata/sys/" + dir); got != want {
+		if got := kvm.HostModule("testdata/sys/" + dir); got != want {
 			t.Errorf("%s: %q, want %q", dir, got, want)
 		}
 	}

@@ -1,6 +1,8 @@
 package kvm
 
 import (
+	"os"
+	"path/filepath"
 	"syscall"
 	"unsafe"
 
@@ -284,3 +286,15 @@ func bufPtr(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
 func u32At(b []byte, off int) uint32     { return *(*uint32)(unsafe.Pointer(&b[off])) }
 func u64At(b []byte, off int) uint64     { return *(*uint64)(unsafe.Pointer(&b[off])) }
 func putU32(b []byte, off int, v uint32) { *(*uint32)(unsafe.Pointer(&b[off])) = v }
+
+// HostModule names the KVM module loaded on this host as sysModule
+// (/sys/module) shows it: "kvm_pvm" (software virtualization),
+// "kvm_intel" or "kvm_amd"; "" if none is.
+func HostModule(sysModule string) string {
+	for _, m := range []string{"kvm_pvm", "kvm_intel", "kvm_amd"} {
+		if _, err := os.Stat(filepath.Join(sysModule, m)); err == nil {
+			return m
+		}
+	}
+	return ""
+}

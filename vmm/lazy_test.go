@@ -25,13 +25,7 @@ import (
 // serves). It returns the socket path and the process.
 func startSidecar(t *testing.T, store string) (string, *exec.Cmd) {
 	t.Helper()
-	bin := os.Getenv("SNAPSTORE_BIN") // prebuilt, for machines without go
-	if bin == "" {
-		bin = filepath.Join(t.TempDir(), "snapstore")
-		if out, err := exec.Command("go", "build", "-o", bin, "../cmd/snapstore").CombinedOutput(); err != nil {
-			t.Fatalf("build snapstore: %v\n%s", err, out)
-		}
-	}
+	bin := snapstoreBin(t)
 	sock := filepath.Join(t.TempDir(), "pages.sock")
 	cmd := exec.Command(bin, "--store", store, "serve", "--socket", sock)
 	var logs bytes.Buffer

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -27,14 +26,10 @@ func TestLinuxBoot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a stock kernel; not in -short")
 	}
+	kernel, _ := linuxGuestFiles(t)
 	if realkvm.Delegated(t) {
 		return
 	}
-	out, err := exec.Command("../scripts/fetch-kernel.sh").Output()
-	if err != nil {
-		t.Fatalf("cannot fetch Debian's cloud kernel (apt-get download): %v", err)
-	}
-	kernel := strings.TrimSpace(string(out))
 
 	const memMiB, vcpus = 256, 2
 	cmdline := "console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=1 pci=off snapfaas.smoke=1"

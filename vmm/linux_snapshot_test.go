@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,29 +28,14 @@ import (
 // boot again.
 //
 // It needs hardware KVM; on a PVM host it runs in an L1 guest with real
-// KVM (internal/realkvm). Set SNAPFAAS_KERNEL and SNAPFAAS_INITRD to use
-// prebuilt files (a machine without the go command or apt).
+// KVM (internal/realkvm). The kernel and initramfs: linuxGuestFiles.
 func TestLinuxSnapshotRestore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a stock kernel; not in -short")
 	}
+	kernel, initrd := linuxGuestFiles(t)
 	if realkvm.Delegated(t) {
 		return
-	}
-	kernel := os.Getenv("SNAPFAAS_KERNEL")
-	if kernel == "" {
-		out, err := exec.Command("../scripts/fetch-kernel.sh").Output()
-		if err != nil {
-			t.Fatalf("cannot fetch Debian's cloud kernel (apt-get download): %v", err)
-		}
-		kernel = strings.TrimSpace(string(out))
-	}
-	initrd := os.Getenv("SNAPFAAS_INITRD")
-	if initrd == "" {
-		initrd = filepath.Join(t.TempDir(), "initrd")
-		if err := linuxinit.Build(initrd); err != nil {
-			t.Fatal(err)
-		}
 	}
 	for _, vcpus := range []int{1, 2} {
 		t.Run(fmt.Sprintf("%dvcpu", vcpus), func(t *testing.T) {

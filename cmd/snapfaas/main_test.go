@@ -19,17 +19,29 @@ import (
 
 var bin string
 
-func TestMain(m *testing.M) {
-	dir, _ := os.MkdirTemp("", "snapfaas-cli")
-	bin = filepath.Join(dir, "snapfaas")
-	// snapstore next to snapfaas, where run looks for it.
-	if out, err := exec.Command("go", "build", "-o", dir+"/", ".", "../snapstore").CombinedOutput(); err != nil {
-		os.Stderr.Write(out)
-		os.Exit(1)
+func TestMain(m *testing.M) { os.Exit(testMain(m)) }
+
+func testMain(m *testing.M) int {
+	// An L1 run of this binary (internal/realkvm) uses the host's build,
+	// named by SNAPFAAS_CLI_DIR, which realkvm passes on: L1 has no
+	// network and building there under QEMU TCG takes minutes.
+	dir := os.Getenv("SNAPFAAS_CLI_DIR")
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "snapfaas-cli"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		// snapstore next to snapfaas, where run looks for it.
+		if out, err := exec.Command("go", "build", "-o", dir+"/", ".", "../snapstore").CombinedOutput(); err != nil {
+			os.Stderr.Write(out)
+			return 1
+		}
+		os.Setenv("SNAPFAAS_CLI_DIR", dir)
 	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	bin = filepath.Join(dir, "snapfaas")
+	return m.Run()
 }
 
 func TestVMMCommand(t *testing.T) {

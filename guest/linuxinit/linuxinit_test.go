@@ -3,7 +3,9 @@ package linuxinit
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -26,5 +28,31 @@ func TestBuildWritesAnInitramfs(t *testing.T) {
 	}
 	if len(Checksum()) != 16 {
 		t.Errorf("checksum %q", Checksum())
+	}
+}
+
+func TestBuildServeAddsTheModules(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fetches Debian's cloud kernel; not in -short")
+	}
+	k, err := exec.Command("../../scripts/fetch-kernel.sh").Output()
+	if err != nil {
+		t.Fatalf("scripts/fetch-kernel.sh: %v", err)
+	}
+	out := filepath.Join(t.TempDir(), "initrd")
+	if err := BuildServe(out, strings.TrimSpace(string(k))); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range Modules {
+		if !bytes.Contains(b, []byte("lib/modules/"+m+".ko\x00")) {
+			t.Errorf("initramfs lacks %s.ko", m)
+		}
+	}
+	if !bytes.Contains(b, []byte("lib/modules/order\x00")) {
+		t.Errorf("initramfs lacks lib/modules/order")
 	}
 }

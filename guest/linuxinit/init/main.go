@@ -1,19 +1,25 @@
 //go:build linux && amd64
 
 // Command init is the /init of the initramfs that linuxinit.Build makes:
-// a static Go program a stock Linux kernel runs as its first process. It
-// fills 8 MiB, marks boot done and its snapshot point on the snapfaas
-// snapshot port (0x3f0: 123, then 124; a VMM pausing there saves the VM),
-// then — in the original VM or in one restored from that snapshot — prints
-// how many CPUs are online, checks the 8 MiB on each of them, prints the
-// checksums and reboots (reboot=k on the kernel
-// command line turns that into an i8042 reset, which ends the VM).
+// a static Go program a stock Linux kernel runs as its first process.
+//
+// By default (the snapshot test) it fills 8 MiB, marks boot done and its
+// snapshot point on the snapfaas snapshot port (0x3f0: 123, then 124; a
+// VMM pausing there saves the VM), then — in the original VM or in one
+// restored from that snapshot — prints how many CPUs are online, checks
+// the 8 MiB on each of them, prints the checksums and reboots (reboot=k on
+// the kernel command line turns that into an i8042 reset, which ends the
+// VM).
+//
+// With linuxinit.serve=1 on the kernel command line it serves snapfaas
+// run's requests as the test guest does (serve.go).
 package main
 
 import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -61,6 +67,15 @@ func snapshotPoint() {
 
 func main() {
 	fmt.Println("linuxinit: up")
+	if err := syscall.Mount("proc", "/proc", "proc", 0, ""); err != nil {
+		fmt.Println("linuxinit: mount /proc:", err)
+	}
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	for _, w := range strings.Fields(string(cmdline)) {
+		if w == "linuxinit.serve=1" {
+			serve(string(cmdline))
+		}
+	}
 	buf := make([]byte, 8<<20)
 	for i := range buf {
 		buf[i] = byte(i*7 + i>>12)

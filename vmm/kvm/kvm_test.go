@@ -99,8 +99,14 @@ func TestRealModeIO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.RIP < 0x100a {
-		t.Fatalf("RIP %#x", r.RIP)
+	// At the exit for the second OUT (at 0x1009), PVM has already moved
+	// RIP past it; VMX and SVM complete it on the next KVM_RUN.
+	want := uint64(0x1009)
+	if HostModule("/sys/module") == "kvm_pvm" {
+		want = 0x100a
+	}
+	if r.RIP != want {
+		t.Fatalf("RIP %#x at the OUT exit, want %#x on %s", r.RIP, want, HostModule("/sys/module"))
 	}
 	if _, err := c.MSRs(msrs[:4]); err != nil {
 		t.Fatal(err)

@@ -36,9 +36,25 @@ const (
 		cpuidMOVBE | cpuidPOPCNT | cpuidAES | cpuidXSAVE | cpuidOSXSAVE | cpuidAVX | cpuidF16C | cpuidRDRAND
 )
 
+// KVM paravirtual features (leaf 0x40000001 EAX) never offered to guests:
+// asynchronous page faults. With them, a vCPU touching a page that is not
+// yet resident (every page of a lazily restored VM, served through
+// userfaultfd) is handed back to the guest with a "page not present"
+// event instead of waiting, and the guest's bookkeeping for it lives in
+// its memory and in MSRs that a snapshot freezes mid-flight. Restored
+// stock kernels triple-faulted in 2 of 3 lazy restores on kvm_amd with it
+// (docs/LINUX-BOOT.md); Firecracker and Cloud Hypervisor hide it too.
+const (
+	kvmFeatureAsyncPF       = 1 << 4
+	kvmFeatureAsyncPFVMExit = 1 << 10
+	kvmFeatureAsyncPFInt    = 1 << 14
+
+	hiddenKVMFeatures = kvmFeatureAsyncPF | kvmFeatureAsyncPFVMExit | kvmFeatureAsyncPFInt
+)
+
 // guestCPUID adapts KVM's supported CPUID for vCPU id of n: APIC ids and
-// topology, the hypervisor bit, and with hide the features an instruction
-// emulator cannot run.
+// topology, the hypervisor bit, no asynchronous page faults, and with hide
+// the features an instruction emulator cannot run.
 func guestCPUID(supported []kvm.CPUIDEntry, id, n int, hide bool) []kvm.CPUIDEntry {
 	out := make([]kvm.CPUIDEntry, 0, len(supported))
 	for _, e := range supported {
@@ -64,6 +80,8 @@ func guestCPUID(supported []kvm.CPUIDEntry, id, n int, hide bool) []kvm.CPUIDEnt
 			if hide {
 				continue // no XSAVE state components
 			}
+		case 0x40000001: // KVM_CPUID_FEATURES
+			e.EAX &^= hiddenKVMFeatures
 		}
 		out = append(out, e)
 	}

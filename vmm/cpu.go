@@ -41,9 +41,9 @@ const (
 // yet resident (every page of a lazily restored VM, served through
 // userfaultfd) is handed back to the guest with a "page not present"
 // event instead of waiting, and the guest's bookkeeping for it lives in
-// its memory and in MSRs that a snapshot freezes mid-flight. Restored
-// stock kernels triple-faulted in 2 of 3 lazy restores on kvm_amd with it
-// (docs/LINUX-BOOT.md); Firecracker and Cloud Hypervisor hide it too.
+// its memory and in MSRs that a snapshot freezes mid-flight: a restored
+// guest would wait for "page ready" events for faults of the VM that was
+// saved. Firecracker (on AMD) and Cloud Hypervisor hide it too.
 const (
 	kvmFeatureAsyncPF       = 1 << 4
 	kvmFeatureAsyncPFVMExit = 1 << 10

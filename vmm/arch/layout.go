@@ -79,6 +79,7 @@ const (
 	PortCOM1      = 0x3f8 // 8250 UART
 	PortI8042Data = 0x60
 	PortI8042Cmd  = 0x64
+	PortCMOS      = 0x70 // MC146818 RTC: index, data
 	// PortSnapshot is the snapshot-point port: the guest writes 123 when
 	// boot is done and 124 to ask for a snapshot now (SnapFaaS's values).
 	PortSnapshot = 0x3f0

@@ -67,6 +67,11 @@ func TestLinuxBoot(t *testing.T) {
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("BIOS-e820 lines %v, want our map %v", got, want)
 	}
+	// The CMOS clock (devices.CMOS): the kernel's rtc_cmos driver finds
+	// it and sets the system clock from it.
+	if !strings.Contains(log, "rtc_cmos rtc_cmos: registered as rtc0") || strings.Contains(log, "rtc_cmos rtc_cmos: broken") {
+		t.Errorf("rtc_cmos did not register our CMOS clock; its lines:\n%s", grepLines(log, "rtc"))
+	}
 	if !strings.Contains(log, "Hypervisor detected: KVM") {
 		t.Error(`no "Hypervisor detected: KVM"`)
 	}
@@ -101,3 +106,14 @@ func tail(s string, n int) string {
 }
 
 func lastLine(s string) string { return tail(s, 1) }
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

@@ -61,6 +61,32 @@ func linuxSnapshotRestore(t *testing.T, kernel, initrd string, vcpus int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The PICs: masked by the VMM (maskPICs), never programmed by Linux on
+	// a hardware-reduced ACPI platform, so none of our device interrupts
+	// reached a vCPU through them as a stray vector.
+	for i, name := range []string{"master", "slave"} {
+		p := st.PIC[i].PIC()
+		t.Logf("PIC %s at the snapshot point: IRR %#02x IMR %#02x ISR %#02x base %#02x", name, p.IRR, p.IMR, p.ISR, p.IRQBase)
+		if p.ISR != 0 {
+			t.Errorf("PIC %s: ISR %#02x: an interrupt was delivered through the PIC (vector base %#x)", name, p.ISR, p.IRQBase)
+		}
+	}
+	// The kernel saw no async page faults in CPUID (guestCPUID), so it
+	// left them off: a lazily restored page must be waited for.
+	for i, v := range st.VCPUs {
+		found := false
+		for _, m := range v.MSRs {
+			if m.Index == msrKVMAsyncPFEn {
+				found = true
+				if m.Data != 0 {
+					t.Errorf("vCPU %d: MSR_KVM_ASYNC_PF_EN = %#x: the guest enabled async page faults", i, m.Data)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("vCPU %d: MSR_KVM_ASYNC_PF_EN (%#x) is not in the saved state", i, msrKVMAsyncPFEn)
+		}
+	}
 	blob, err := st.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -144,3 +170,7 @@ func linuxSnapshotRestore(t *testing.T, kernel, initrd string, vcpus int) {
 		}
 	}
 }
+
+// msrKVMAsyncPFEn is MSR_KVM_ASYNC_PF_EN: the guest's async page fault area
+// and enable bit.
+const msrKVMAsyncPFEn = 0x4b564d02

@@ -269,6 +269,9 @@ func create(cfg Config) (_ *VM, err error) {
 	if err := vm.vm.CreatePIT2(); err != nil {
 		return nil, err
 	}
+	if err := vm.maskPICs(); err != nil {
+		return nil, err
+	}
 	memSize := uint64(cfg.MemMiB) << 20
 	vm.mem, err = unix.Mmap(-1, 0, int(memSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
@@ -389,12 +392,39 @@ func (vm *VM) log() *slog.Logger {
 	return slog.Default()
 }
 
+// maskPICs masks every input of both 8259 PICs and gives them the vectors
+// a PC BIOS does (0x08, 0x70). KVM creates them unprogrammed: all inputs
+// unmasked, vector base 0. KVM's default routing sends GSIs 0-15 to the
+// PICs as well as the IOAPIC, and the boot vCPU's LINT0 takes the PIC's
+// output (ExtINT, as on a PC). A guest that never programs the PIC — Linux
+// on our hardware-reduced ACPI platform has no legacy PIC — would then get
+// each of our device interrupts a second time as a stray vector 0-15, an
+// exception vector (COM1's IRQ 4 as #OF, a virtio IRQ 8 as #DF); stock
+// kernels triple-faulted or stalled on a vCPU. A guest that uses the PIC
+// initialises it and sets its own mask.
+func (vm *VM) maskPICs() error {
+	for chip, base := range map[uint32]uint8{kvm.ChipPICMaster: 0x08, kvm.ChipPICSlave: 0x70} {
+		s, err := vm.vm.IRQChip(chip)
+		if err != nil {
+			return err
+		}
+		s.SetPICMask(0xff, base)
+		if err := vm.vm.SetIRQChip(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (vm *VM) addLegacyDevices() error {
 	vm.serial = devices.NewSerial(vm.cfg.Console, func() {
 		_ = vm.vm.IRQLine(arch.IRQCOM1, 1)
 		_ = vm.vm.IRQLine(arch.IRQCOM1, 0)
 	})
 	if err := vm.pio.Add(arch.PortCOM1, 8, vm.serial); err != nil {
+		return err
+	}
+	if err := vm.pio.Add(arch.PortCMOS, 2, &devices.CMOS{}); err != nil {
 		return err
 	}
 	i8042 := &devices.I8042{Reset: func() { vm.stop(ErrReset) }}

@@ -87,6 +87,28 @@ type (
 	PIT2 struct{ B [112]byte }
 )
 
+// struct kvm_pic_state's fields, after kvm_irqchip's chip_id and pad.
+const (
+	picIRR     = 8 + 1
+	picIMR     = 8 + 2
+	picISR     = 8 + 3
+	picIRQBase = 8 + 5
+)
+
+// PICState is part of an 8259 PIC's state (an IRQChip of ChipPICMaster or
+// ChipPICSlave): its request, mask and in-service registers and the
+// vector of its input 0.
+type PICState struct{ IRR, IMR, ISR, IRQBase uint8 }
+
+// PIC decodes a PIC's registers.
+func (s *IRQChip) PIC() PICState {
+	return PICState{IRR: s.B[picIRR], IMR: s.B[picIMR], ISR: s.B[picISR], IRQBase: s.B[picIRQBase]}
+}
+
+// SetPICMask sets a PIC's interrupt mask register and vector base, as
+// initialisation (ICW2) and OCW1 would.
+func (s *IRQChip) SetPICMask(imr, base uint8) { s.B[picIMR], s.B[picIRQBase] = imr, base }
+
 // IRQ chip ids.
 const (
 	ChipPICMaster = 0

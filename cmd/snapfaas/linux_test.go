@@ -39,7 +39,7 @@ func TestLinuxRun(t *testing.T) {
 		return
 	}
 	cfg := testguest.Config{HeapMB: 16, Seed: 7, Port: testguest.DefaultPort}
-	cmdline := "console=ttyS0 reboot=k panic=1 pci=off no-kvmapf " + linuxinit.Serve + " " + cfg.Cmdline()
+	cmdline := "console=ttyS0 reboot=k panic=1 pci=off " + linuxinit.Serve + " " + cfg.Cmdline()
 
 	store := filepath.Join(t.TempDir(), "store")
 	stopSidecarAtCleanup(t, store)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,21 +69,7 @@ func TestLinuxRun(t *testing.T) {
 		cmd.Stdin = strings.NewReader(in.String())
 		var so, se syncBuf
 		cmd.Stdout, cmd.Stderr = &so, &se
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("snapfaas run %v: %v\n%s", args, err, tailLines(se.String(), 60))
-			}
-		case <-time.After(10 * time.Minute):
-			cmd.Process.Kill()
-			<-done
-			t.Fatalf("snapfaas run %v hung:\n%s", args, tailLines(se.String(), 60))
-		}
+		runWithin(t, cmd, 10*time.Minute, fmt.Sprintf("snapfaas run %v", args), &se)
 		if got := strings.Split(strings.TrimSpace(so.String()), "\n"); strings.Join(got, "|") != strings.Join(want, "|") {
 			t.Fatalf("snapfaas run %v answered\n%s\nwant\n%s\nstderr:\n%s", args, so.String(), strings.Join(want, "\n"), tailLines(se.String(), 60))
 		}

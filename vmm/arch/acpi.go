@@ -124,20 +124,14 @@ func sdt(sig string, rev byte, body []byte) []byte {
 }
 
 // dsdtAML is the DSDT's definition block: Scope (\_SB) with the serial
-// port COM1 (PNP0501: ports PortCOM1, interrupt IRQCOM1), the CMOS clock
-// RTC0 (PNP0B00: ports PortCMOS, no interrupt: it raises none, and
-// without this device Linux assumes ISA IRQ 8, which a hardware-reduced
-// platform does not map, and rtc_cmos fails with EINVAL) and the virtio
+// port COM1 (PNP0501: ports PortCOM1, interrupt IRQCOM1) and the virtio
 // devices in slots 0..virtio-1 (LNRO0005, Linux's virtio-mmio id: the
 // registers and interrupt of VirtioSlot(i); _CCA: DMA is cache-coherent).
 func dsdtAML(virtio int) []byte {
 	terms := [][]byte{amlDevice("COM1",
 		amlName("_HID", amlEISAID("PNP0501")),
 		amlName("_UID", amlInteger(0)),
-		amlName("_CRS", amlResources(resIO(PortCOM1, 8), resInterrupt(IRQCOM1)))),
-		amlDevice("RTC0",
-			amlName("_HID", amlEISAID("PNP0B00")),
-			amlName("_CRS", amlResources(resIO(PortCMOS, 2))))}
+		amlName("_CRS", amlResources(resIO(PortCOM1, 8), resInterrupt(IRQCOM1))))}
 	for i := 0; i < virtio; i++ {
 		base, irq := VirtioSlot(i)
 		terms = append(terms, amlDevice(fmt.Sprintf("V%03d", i),

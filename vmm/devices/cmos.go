@@ -14,6 +14,7 @@ import "time"
 // flag looks stuck: Linux's rtc_cmos probe polled it for about 10 s of
 // boot (under nested KVM on QEMU TCG, the window where stock kernels
 // stalled or triple-faulted) and gave up with "broken or not accessible".
+// It raises no interrupt (no update, alarm or periodic IRQ 8).
 //
 // Its state is not part of a snapshot: a restored VM starts from the
 // power-on registers (BCD, 24-hour), which Linux reads back each time.

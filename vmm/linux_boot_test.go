@@ -33,20 +33,22 @@ func TestLinuxBoot(t *testing.T) {
 
 	const memMiB, vcpus = 256, 2
 	cmdline := "console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=1 pci=off snapfaas.smoke=1"
-	var console syncBuf
-	vm, err := New(Config{Kernel: kernel, Cmdline: cmdline, MemMiB: memMiB, VCPUs: vcpus, Console: &console, HideEmulatorUnsafe: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
-	defer cancel()
-	start := time.Now()
-	runErr := vm.Run(ctx)
-	log := console.String()
-	t.Logf("ran %s; the kernel printed %d lines; the VM ended with: %v", time.Since(start).Round(time.Second), strings.Count(log, "\n"), runErr)
-	if errors.Is(runErr, context.DeadlineExceeded) {
-		t.Fatalf("the kernel neither failed nor finished in 12 minutes; last output:\n%s", tail(log, 20))
+	// 2-vCPU guests stall now and then inside L1's KVM under QEMU TCG
+	// (both vCPU threads in KVM_RUN, the guest silent; QEMU as the VMM in
+	// L1 hangs the same way: docs/LINUX-BOOT.md). A boot that prints
+	// nothing for quietLimit is stopped and, once, booted again, saying so.
+	var log string
+	var runErr error
+	for attempt := 1; ; attempt++ {
+		var stalled bool
+		log, runErr, stalled = bootWatched(t, Config{Kernel: kernel, Cmdline: cmdline, MemMiB: memMiB, VCPUs: vcpus, HideEmulatorUnsafe: true})
+		if !stalled {
+			break
+		}
+		if attempt == 2 {
+			t.Fatalf("the kernel stalled twice (no console output for %s); last output:\n%s", quietLimit, tail(log, 20))
+		}
+		t.Logf("boot %d stalled (no console output for %s), booting again; its last output:\n%s", attempt, quietLimit, tail(log, 10))
 	}
 
 	if !strings.Contains(log, "Command line: "+cmdline) {
@@ -119,4 +121,50 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// quietLimit is how long a booting stock kernel may print nothing: a
+// normal boot in L1 is never quiet for more than about 10 s.
+const quietLimit = 3 * time.Minute
+
+// bootWatched boots cfg (its Console replaced) until the VM ends or its
+// console has been quiet for quietLimit (stalled), and returns the console.
+func bootWatched(t *testing.T, cfg Config) (log string, err error, stalled bool) {
+	t.Helper()
+	var console syncBuf
+	cfg.Console = &console
+	vm, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- vm.Run(ctx) }()
+	last, lastChange := -1, time.Now()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case err = <-done:
+			log = console.String()
+			t.Logf("ran %s; the kernel printed %d lines; the VM ended with: %v", time.Since(start).Round(time.Second), strings.Count(log, "\n"), err)
+			if errors.Is(err, context.Canceled) && !stalled {
+				t.Fatalf("the kernel neither failed nor finished in 12 minutes; last output:\n%s", tail(log, 20))
+			}
+			return log, err, stalled
+		case <-tick.C:
+			if time.Since(start) > 12*time.Minute {
+				cancel()
+			}
+			if n := len(console.String()); n != last {
+				last, lastChange = n, time.Now()
+			} else if !stalled && time.Since(lastChange) > quietLimit {
+				stalled = true
+				cancel()
+			}
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snapfaas/snapfaas/guest/testguest"
 	"github.com/snapfaas/snapfaas/internal/realkvm"
 	"github.com/snapfaas/snapfaas/vmm/arch"
 )
@@ -41,7 +42,7 @@ func TestLinuxBoot(t *testing.T) {
 	var runErr error
 	for attempt := 1; ; attempt++ {
 		var stalled bool
-		log, runErr, stalled = bootWatched(t, Config{Kernel: kernel, Cmdline: cmdline, MemMiB: memMiB, VCPUs: vcpus, HideEmulatorUnsafe: true})
+		log, runErr, stalled = bootWatched(t, Config{Kernel: kernel, Cmdline: cmdline, MemMiB: memMiB, VCPUs: vcpus, HideEmulatorUnsafe: true}, quietLimit)
 		if !stalled {
 			break
 		}
@@ -128,8 +129,8 @@ func grepLines(s, sub string) string {
 const quietLimit = 3 * time.Minute
 
 // bootWatched boots cfg (its Console replaced) until the VM ends or its
-// console has been quiet for quietLimit (stalled), and returns the console.
-func bootWatched(t *testing.T, cfg Config) (log string, err error, stalled bool) {
+// console has been quiet for quiet (stalled), and returns the console.
+func bootWatched(t *testing.T, cfg Config, quiet time.Duration) (log string, err error, stalled bool) {
 	t.Helper()
 	var console syncBuf
 	cfg.Console = &console
@@ -161,10 +162,27 @@ func bootWatched(t *testing.T, cfg Config) (log string, err error, stalled bool)
 			}
 			if n := len(console.String()); n != last {
 				last, lastChange = n, time.Now()
-			} else if !stalled && time.Since(lastChange) > quietLimit {
+			} else if !stalled && time.Since(lastChange) > quiet {
 				stalled = true
 				cancel()
 			}
 		}
+	}
+}
+
+// TestBootWatchedStopsASilentGuest: the stall watch of TestLinuxBoot stops
+// a guest that has gone quiet (the test guest with no vsock device prints
+// its banner, then waits for a connection) and says it stalled.
+func TestBootWatchedStopsASilentGuest(t *testing.T) {
+	elf := buildTestGuest(t)
+	cfg := testguest.DefaultConfig()
+	cfg.HeapMB = 0
+	start := time.Now()
+	log, err, stalled := bootWatched(t, Config{Kernel: elf, Cmdline: cfg.Cmdline(), MemMiB: 32, HideEmulatorUnsafe: true}, 2*time.Second)
+	if !stalled || !errors.Is(err, context.Canceled) || log == "" {
+		t.Fatalf("stalled=%v err=%v after %s; console:\n%s", stalled, err, time.Since(start).Round(time.Millisecond), tail(log, 10))
+	}
+	if d := time.Since(start); d > time.Minute {
+		t.Errorf("stopped after %s, want about 2 s of silence", d)
 	}
 }

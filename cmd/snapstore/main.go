@@ -10,8 +10,10 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -126,10 +128,19 @@ func openStore(c *cli.Context, write, create bool) (*pagestore.Store, func(), er
 	s, err := pagestore.Open(dir, opts...)
 	switch {
 	case errors.Is(err, pagestore.ErrLocked):
-		if sock := pageserver.FindSidecar(dir); sock != "" {
-			return nil, nil, forwardError{sock}
+		// A sidecar takes the store's lock before it listens: when the
+		// holder is one (`serve` in the LOCK file), wait for its socket.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if sock := pageserver.FindSidecar(dir); sock != "" {
+				return nil, nil, forwardError{sock}
+			}
+			lock, _ := os.ReadFile(filepath.Join(dir, "LOCK"))
+			if !strings.Contains(string(lock), " serve") || time.Now().After(deadline) {
+				return nil, nil, err
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		return nil, nil, err
 	case errors.Is(err, fs.ErrPermission):
 		return nil, nil, fmt.Errorf("store %s: permission denied (use --store or SNAPSTORE_DIR to pick a directory you can write)", dir)
 	case err != nil:

@@ -1,6 +1,7 @@
 package pageserver
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -29,4 +30,20 @@ func FindSidecar(store string) string {
 	}
 	conn.Close()
 	return sock
+}
+
+// SidecarPid returns the pid of the `snapstore serve` holding store's
+// lock, as its LOCK file names it, or 0 if the holder is none or not a
+// sidecar. A sidecar takes the lock before it listens, so SidecarPid can
+// name one that FindSidecar cannot reach yet.
+func SidecarPid(store string) int {
+	b, err := os.ReadFile(filepath.Join(store, "LOCK"))
+	if err != nil {
+		return 0
+	}
+	var pid int
+	if _, err := fmt.Sscanf(string(b), "pid %d", &pid); err != nil || pid <= 0 || !strings.Contains(string(b), "serve") {
+		return 0
+	}
+	return pid
 }

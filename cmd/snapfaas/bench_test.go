@@ -151,7 +151,7 @@ func TestBenchRestore(t *testing.T) {
 
 	// Nothing left running: not the sidecar (its pid is in the store's
 	// LOCK), nor any process working on the store.
-	if pid := sidecarPid(store); pid > 0 && syscall.Kill(pid, 0) == nil {
+	if pid := pageserver.SidecarPid(store); pid > 0 && syscall.Kill(pid, 0) == nil {
 		t.Errorf("sidecar %d still running", pid)
 	}
 	if ps := processesMentioning(store); len(ps) > 0 {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"github.com/snapfaas/snapfaas/internal/testutil"
+	"github.com/snapfaas/snapfaas/pageserver"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,7 +39,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool,
 // `snapfaas run` left running for store (it runs on as a daemon).
 func stopSidecarAtCleanup(t *testing.T, store string) {
 	t.Cleanup(func() {
-		if pid := sidecarPid(store); pid > 0 {
+		if pid := pageserver.SidecarPid(store); pid > 0 {
 			syscall.Kill(pid, syscall.SIGTERM)
 		}
 	})

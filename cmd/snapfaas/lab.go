@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/snapfaas/snapfaas/guest/testguest"
+	"github.com/snapfaas/snapfaas/pageserver"
 	"github.com/snapfaas/snapfaas/vmm/kvm"
 )
 
@@ -67,22 +68,8 @@ func (l *lab) startSidecar() error {
 	return err
 }
 
-// sidecarPid is the pid of the sidecar (`snapstore serve`) holding store,
-// from its LOCK file; 0 if none.
-func sidecarPid(store string) int {
-	b, err := os.ReadFile(filepath.Join(store, "LOCK"))
-	if err != nil {
-		return 0
-	}
-	var pid int
-	if _, err := fmt.Sscanf(string(b), "pid %d", &pid); err != nil || pid <= 0 || !strings.Contains(string(b), "serve") {
-		return 0
-	}
-	return pid
-}
-
 func (l *lab) stopSidecar() {
-	pid := sidecarPid(l.store)
+	pid := pageserver.SidecarPid(l.store)
 	if pid == 0 || syscall.Kill(pid, syscall.SIGTERM) != nil {
 		return
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/snapfaas/snapfaas/guest/testguest"
+	"github.com/snapfaas/snapfaas/pageserver"
 	"github.com/snapfaas/snapfaas/vmm/kvm"
 )
 
@@ -326,7 +327,7 @@ func TestRunFailsClearly(t *testing.T) {
 	if n, err := stdout.Read(line); err != nil || !strings.Contains(string(line[:n]), "checksum") {
 		t.Fatalf("first response: %q %v\n%s", line[:n], err, se.String())
 	}
-	pid := sidecarPid(store)
+	pid := pageserver.SidecarPid(store)
 	if pid <= 0 {
 		t.Fatal("no sidecar pid in the store's LOCK")
 	}
@@ -345,7 +346,7 @@ func TestRunFailsClearly(t *testing.T) {
 		t.Fatalf("snapfaas run still running 15s after the sidecar died:\n%s", se.String())
 	}
 	waitFor(t, 10*time.Second, fmt.Sprintf("the killed sidecar (pid %d) to be gone", pid), func() bool {
-		return sidecarPid(store) != pid || syscall.Kill(pid, 0) != nil
+		return pageserver.SidecarPid(store) != pid || syscall.Kill(pid, 0) != nil
 	}, nil)
 
 	// Corrupt every pack: flip a byte in each 4 KiB.

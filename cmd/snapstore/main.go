@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -129,14 +128,13 @@ func openStore(c *cli.Context, write, create bool) (*pagestore.Store, func(), er
 	switch {
 	case errors.Is(err, pagestore.ErrLocked):
 		// A sidecar takes the store's lock before it listens: when the
-		// holder is one (`serve` in the LOCK file), wait for its socket.
+		// holder is one, wait for its socket.
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			if sock := pageserver.FindSidecar(dir); sock != "" {
 				return nil, nil, forwardError{sock}
 			}
-			lock, _ := os.ReadFile(filepath.Join(dir, "LOCK"))
-			if !strings.Contains(string(lock), " serve") || time.Now().After(deadline) {
+			if pageserver.SidecarPid(dir) == 0 || time.Now().After(deadline) {
 				return nil, nil, err
 			}
 			time.Sleep(20 * time.Millisecond)

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 
@@ -77,17 +76,8 @@ func linuxGuestFiles(t *testing.T) (kernel, initrd string) {
 	snapstoreBin(t)
 	g := &linuxGuest
 	g.once.Do(func() {
-		g.kernel = os.Getenv("SNAPFAAS_KERNEL")
-		if g.kernel == "" {
-			var stderr strings.Builder
-			cmd := exec.Command("../scripts/fetch-kernel.sh")
-			cmd.Stderr = &stderr
-			out, err := cmd.Output()
-			if err != nil {
-				g.err = fmt.Errorf("cannot fetch Debian's cloud kernel (scripts/fetch-kernel.sh): %v: %s", err, strings.TrimSpace(stderr.String()))
-				return
-			}
-			g.kernel = strings.TrimSpace(string(out))
+		if g.kernel, g.err = linuxinit.StockKernel(); g.err != nil {
+			return
 		}
 		g.initrd = os.Getenv("SNAPFAAS_INITRD")
 		if g.initrd == "" {

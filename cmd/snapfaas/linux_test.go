@@ -128,16 +128,9 @@ func TestLinuxRun(t *testing.T) {
 // initramfs, made on this host, and exports them for an L1 run.
 func linuxServeFiles(t *testing.T) (kernel, initrd string) {
 	t.Helper()
-	kernel = os.Getenv("SNAPFAAS_KERNEL")
-	if kernel == "" {
-		var stderr strings.Builder
-		cmd := exec.Command("../../scripts/fetch-kernel.sh")
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("cannot fetch Debian's cloud kernel (scripts/fetch-kernel.sh): %v: %s", err, strings.TrimSpace(stderr.String()))
-		}
-		kernel = strings.TrimSpace(string(out))
+	kernel, err := linuxinit.StockKernel()
+	if err != nil {
+		t.Fatal(err)
 	}
 	initrd = os.Getenv("SNAPFAAS_SERVE_INITRD")
 	if initrd == "" {

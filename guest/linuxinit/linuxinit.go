@@ -79,6 +79,25 @@ func ModulesDir(kernel string) string {
 	return filepath.Join(filepath.Dir(kernel), "modules-"+strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-"))
 }
 
+// StockKernel returns the stock kernel these initramfs images are for:
+// $SNAPFAAS_KERNEL if set (a prebuilt file, for a machine without apt),
+// else Debian's cloud kernel as scripts/fetch-kernel.sh fetches and caches
+// it, with its modules in ModulesDir.
+func StockKernel() (string, error) {
+	if k := os.Getenv("SNAPFAAS_KERNEL"); k != "" {
+		return k, nil
+	}
+	_, self, _, _ := runtime.Caller(0)
+	var stderr strings.Builder
+	cmd := exec.Command(filepath.Join(filepath.Dir(self), "..", "..", "scripts", "fetch-kernel.sh"))
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("cannot fetch Debian's cloud kernel (scripts/fetch-kernel.sh): %v: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
 // Build compiles ./init (static, linux/amd64) and writes the initramfs, an
 // uncompressed newc cpio archive with /init, /dev/console, /dev and /proc,
 // to out. It needs the go command.

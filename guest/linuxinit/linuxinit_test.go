@@ -3,9 +3,7 @@ package linuxinit
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 )
 
@@ -35,12 +33,12 @@ func TestBuildServeAddsTheModules(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fetches Debian's cloud kernel; not in -short")
 	}
-	k, err := exec.Command("../../scripts/fetch-kernel.sh").Output()
+	k, err := StockKernel()
 	if err != nil {
-		t.Fatalf("scripts/fetch-kernel.sh: %v", err)
+		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "initrd")
-	if err := BuildServe(out, strings.TrimSpace(string(k))); err != nil {
+	if err := BuildServe(out, k); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(out)
